@@ -1,0 +1,99 @@
+"""`docchat` command line: `serve` runs the whole service; the rest are dev and operator tools."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import msgspec
+import structlog
+
+from .logs import configure
+from .settings import Settings, from_env
+
+log = structlog.get_logger("main")
+
+
+async def serve(settings: Settings) -> None:
+    """Start nats-server (unless DOCCHAT_NATS_URL is set) and every docchat part; stop on SIGINT/SIGTERM."""
+    from gateway.keys import load_keys, server_env
+
+    from .host import running
+    from .natsserver import EmbeddedNats
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        url = settings.nats_url
+        if not url:
+            keys = load_keys(settings)
+            server = EmbeddedNats(
+                store_dir=Path(settings.data_dir) / "jetstream", host=settings.nats_host, port=settings.nats_port,
+                ws_port=settings.nats_ws_port, http_port=settings.nats_http_port,
+                service_password=settings.service_password,
+                extra_env=server_env(keys, settings.callout_password))
+            await stack.enter_async_context(server)
+            url = server.url
+        await stack.enter_async_context(running(settings, url))
+        log.info("serving", nats=url, hint="Ctrl-C stops")
+        await stop.wait()
+        log.info("shutting_down")
+    log.info("stopped")
+
+
+async def grant(settings: Settings, document_id: str, sub: str, role: str, revoke: bool) -> None:
+    """Grant or revoke a user's access to a document on a running service."""
+    from contracts.client import AdminClient
+
+    from .host import connect
+
+    nc = await connect(settings, settings.nats_url or f"nats://{settings.nats_host}:{settings.nats_port}", "docchat-admin")
+    try:
+        admin = AdminClient(nc)
+        if revoke:
+            await admin.revoke(document_id, sub)
+        else:
+            await admin.grant(document_id, sub, role)
+    finally:
+        await nc.close()
+    print("ok")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="docchat", description=__doc__)
+    p.add_argument("--nats-url", help="use this NATS server instead of starting one (DOCCHAT_NATS_URL)")
+    p.add_argument("--data-dir", help="where SQLite and JetStream keep their files (DOCCHAT_DATA_DIR)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the whole service on embedded defaults")
+    g = sub.add_parser("grant", help="grant (or --revoke) a user's access to a document")
+    g.add_argument("document_id")
+    g.add_argument("sub")
+    g.add_argument("--role", default="editor", choices=["owner", "editor", "viewer"])
+    g.add_argument("--revoke", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides = {k: v for k, v in {"nats_url": args.nats_url, "data_dir": args.data_dir}.items() if v}
+    try:
+        settings = from_env(**overrides)
+    except msgspec.ValidationError as exc:
+        print(f"docchat: bad setting: {exc}", file=sys.stderr)
+        return 2
+    configure(settings.log_level)
+    if args.command == "serve":
+        asyncio.run(serve(settings))
+    elif args.command == "grant":
+        asyncio.run(grant(settings, args.document_id, args.sub, args.role, args.revoke))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

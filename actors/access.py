@@ -1,0 +1,79 @@
+"""Who may use which document: the embedded grants table, or a documents service asked over NATS."""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import msgspec
+import nats.errors
+from nats.aio.client import Client
+
+from contracts.codec import encode
+from contracts.errors import Forbidden, Unavailable
+
+from .store import Store
+
+
+class Access(Protocol):
+    """Raises Forbidden unless the user (by uid) may use the document."""
+
+    async def check(self, uid: str, document_id: str) -> None: ...
+
+
+class GrantsAccess:
+    """Access while a grant exists in the store (chat.admin.documents.grant / revoke)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def check(self, uid: str, document_id: str) -> None:
+        if not await self.store.has_grant(uid, document_id):
+            raise Forbidden("no access to this document")
+
+
+class AccessQuestion(msgspec.Struct, frozen=True, rename="camel"):
+    """What the documents service is asked: may this user use this document?"""
+
+    document_id: str
+    user_id: str
+    uid: str
+
+
+class AccessAnswer(msgspec.Struct, frozen=True, rename="camel"):
+    allowed: bool
+
+
+class ServiceAccess:
+    """Ask a documents service over NATS request-reply, remembering answers for a few seconds."""
+
+    MAX_CACHED = 100_000
+
+    def __init__(self, nc: Client, store: Store, subject: str, cache_seconds: float, timeout: float) -> None:
+        self.nc, self.store, self.subject = nc, store, subject
+        self.cache_seconds, self.timeout = cache_seconds, timeout
+        self.cache: dict[tuple[str, str], tuple[bool, float]] = {}
+        self.decoder = msgspec.json.Decoder(AccessAnswer)
+
+    async def check(self, uid: str, document_id: str) -> None:
+        key = (uid, document_id)
+        hit = self.cache.get(key)
+        now = time.monotonic()
+        if hit is None or hit[1] < now:
+            allowed = await self.ask(uid, document_id)
+            if len(self.cache) >= self.MAX_CACHED:
+                self.cache.clear()
+            self.cache[key] = (allowed, now + self.cache_seconds)
+        else:
+            allowed = hit[0]
+        if not allowed:
+            raise Forbidden("no access to this document")
+
+    async def ask(self, uid: str, document_id: str) -> bool:
+        sub = await self.store.user_sub(uid)
+        question = encode(AccessQuestion(document_id=document_id, user_id=sub, uid=uid))
+        try:
+            msg = await self.nc.request(self.subject, question, timeout=self.timeout)
+            return self.decoder.decode(msg.data).allowed
+        except (nats.errors.Error, msgspec.DecodeError, TimeoutError) as exc:
+            raise Unavailable("documents service unavailable, retry") from exc

@@ -1,0 +1,106 @@
+"""The `docchat` micro service: subject → decode → the right actor's mailbox. Handlers never await work."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Any, Callable
+
+import structlog
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import Service
+
+from contracts.codec import decode_request
+from contracts.errors import BadRequest, NotFound, TooLarge
+from contracts.requests import (ByDocument, Cancel, GetOrCreate, Grant, ListMessages, Retry, Revoke, Send)
+from contracts.subjects import GRANT, REVOKE, is_token, parse, session_endpoint, user_endpoint
+
+from . import replies
+from .deps import Call
+from .runtime.directory import Directory
+from .runtime.mailbox import Envelope
+from .sessions.rules import check_document_id, check_send
+
+log = structlog.get_logger("endpoints")
+
+MAX_SEND_BODY = 2 * 1024 * 1024 + 32768 * 12 + 4096  # 2 MiB document plus escaped content
+MAX_SMALL_BODY = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one endpoint turns a request into an envelope: body type, checks, and whose mailbox."""
+
+    body: type
+    directory: Directory
+    owner: str  # "session", "user" or "admin": which actor's key the request goes to
+    max_body: int = MAX_SMALL_BODY
+    check: Callable[[Any], None] | None = None
+
+
+class Endpoints:
+    """Runs the micro service; `async with` starts it, exit stops it (dropping queued requests)."""
+
+    def __init__(self, nc: Client, sessions: Directory, users: Directory, admin: Directory) -> None:
+        self.nc = nc
+        doc = lambda body: check_document_id(body.document_id)  # noqa: E731
+        self.routes: dict[str, tuple[str, Route]] = {
+            "getOrCreate": (user_endpoint("getOrCreate"), Route(GetOrCreate, users, "user", check=doc)),
+            "byDocument": (user_endpoint("byDocument"), Route(ByDocument, users, "user", check=doc)),
+            "send": (session_endpoint("send"), Route(Send, sessions, "session", MAX_SEND_BODY, check_send)),
+            "messages": (session_endpoint("messages"), Route(ListMessages, sessions, "session")),
+            "cancel": (session_endpoint("cancel"), Route(Cancel, sessions, "session")),
+            "retry": (session_endpoint("retry"), Route(Retry, sessions, "session")),
+            "grant": (GRANT, Route(Grant, admin, "admin", check=doc)),
+            "revoke": (REVOKE, Route(Revoke, admin, "admin", check=doc)),
+        }
+        self.service: Service | None = None
+
+    async def start(self) -> None:
+        self.service = await add_service(self.nc, name="docchat", version=version("docchat"),
+                                         description="AI chat sessions per (user, document)")
+        for name, (subject, route) in self.routes.items():
+            await self.service.add_endpoint(name=name, subject=subject, handler=self.handler(name, route))
+        log.info("endpoints_started", service="docchat", endpoints=len(self.routes))
+
+    async def stop(self) -> None:
+        if self.service is not None:
+            await self.service.stop()
+            self.service = None
+
+    async def __aenter__(self) -> "Endpoints":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def handler(self, name: str, route: Route) -> Callable[[Request], Any]:
+        async def handle(request: Request) -> None:
+            try:
+                key, envelope = self.envelope(request, route)
+                route.directory.deliver(key, envelope)
+            except Exception as exc:  # noqa: BLE001 - every caller gets PROTOCOL.md's error body
+                if not isinstance(exc, (BadRequest, NotFound, TooLarge)):
+                    log.info("request_refused", endpoint=name, error=str(exc))
+                await replies.fail(request, exc)
+
+        return handle
+
+    @staticmethod
+    def envelope(request: Request, route: Route) -> tuple[str, Envelope]:
+        """(actor key, envelope) for a request, or raise the error to answer."""
+        if len(request.data) > route.max_body:
+            raise TooLarge("request body is too large")
+        uid, sid = ("", None) if route.owner == "admin" else parse(request.subject)
+        if route.owner != "admin" and not is_token(uid):
+            raise BadRequest("the user token in the subject is not valid")
+        if sid is not None and not is_token(sid):
+            raise NotFound("no such session")
+        body = decode_request(request.data, route.body)
+        if route.check:
+            route.check(body)
+        key = {"session": sid, "user": uid, "admin": "admin"}[route.owner]
+        return key or "", Envelope(Call(uid, body), request)

@@ -1,0 +1,91 @@
+"""The lifespan of one docchat process: build every part, start them in order, stop them in reverse.
+
+Shutdown order (exit runs bottom-up): mailboxes close and actors finish their queues → the relay
+publishes what is left → the assistant stops → the micro service stops → the store closes → NATS drains.
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from typing import AsyncIterator
+
+import nats
+import structlog
+from nats.aio.client import Client
+
+from .access import Access, GrantsAccess, ServiceAccess
+from .deps import Deps
+from .endpoints import Endpoints
+from .events import Events
+from .relay import Relay, ensure_stream
+from .runtime.directory import Directory
+from .sessions.actor import SessionActor
+from .sessions.admin import AdminActor
+from .sessions.users import UserActor
+from .settings import Settings
+from .store import SqliteStore, Store
+
+log = structlog.get_logger("host")
+
+
+@dataclass
+class Host:
+    """The running parts of a docchat process, for the caller (and tests) to inspect."""
+
+    settings: Settings
+    nc: Client
+    store: Store
+    sessions: Directory
+    users: Directory
+    relay: Relay
+
+
+async def connect(settings: Settings, url: str, name: str) -> Client:
+    """A service connection that never gives up reconnecting."""
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats_error", connection=name, error=str(exc))
+
+    async def on_disconnect() -> None:
+        log.warning("nats_disconnected", connection=name)
+
+    async def on_reconnect() -> None:
+        log.info("nats_reconnected", connection=name)
+
+    return await nats.connect(url, user=settings.nats_user, password=settings.service_password, name=name,
+                              max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
+                              disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
+
+
+def make_access(settings: Settings, nc: Client, store: Store) -> Access:
+    if settings.access_mode == "service":
+        return ServiceAccess(nc, store, settings.documents_subject, settings.access_cache_seconds,
+                             settings.access_timeout_seconds)
+    if settings.access_mode != "grants":
+        raise ValueError(f"DOCCHAT_ACCESS_MODE must be grants or service, not {settings.access_mode!r}")
+    return GrantsAccess(store)
+
+
+@asynccontextmanager
+async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
+    """Run the session actors and endpoints against the NATS server at url."""
+    async with AsyncExitStack() as stack:
+        nc = await connect(settings, url, "docchat-actors")
+        stack.push_async_callback(nc.drain)
+        js = nc.jetstream()
+        await ensure_stream(js)
+        store = await stack.enter_async_context(SqliteStore(settings.database))
+        relay = Relay(js, store)
+        deps = Deps(store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
+                    kick_relay=relay.kick)
+        sessions = Directory(lambda key: SessionActor(key, deps), "sessions")
+        users = Directory(lambda key: UserActor(key, deps), "users")
+        admin = Directory(lambda key: AdminActor(key, deps), "admin")
+        await stack.enter_async_context(Endpoints(nc, sessions, users, admin))
+        await stack.enter_async_context(relay)
+        # Entered last, so closed first: new requests get 503 while queued ones finish.
+        for directory in (admin, users, sessions):
+            await stack.enter_async_context(directory)
+        log.info("docchat_ready", nats=url, database=str(settings.database))
+        yield Host(settings=settings, nc=nc, store=store, sessions=sessions, users=users, relay=relay)
+        log.info("docchat_stopping")

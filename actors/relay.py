@@ -1,0 +1,88 @@
+"""Outbox → JetStream: publish committed work with Nats-Msg-Id, then delete it from the outbox.
+
+Runs after every commit that added work (kick) and once a second to sweep what a crash left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+
+from contracts.subjects import REPLY_PREFIX, REPLY_STREAM
+
+from .store import Store
+
+log = structlog.get_logger("relay")
+BATCH = 256
+DEDUP_WINDOW_SECONDS = 600.0  # longer than any retry of one outbox row
+
+
+async def ensure_stream(js: JetStreamContext) -> None:
+    """Create or update the scheduled-reply work-queue stream."""
+    config = StreamConfig(name=REPLY_STREAM, subjects=[f"{REPLY_PREFIX}.>"], retention=RetentionPolicy.WORK_QUEUE,
+                          storage=StorageType.FILE, duplicate_window=DEDUP_WINDOW_SECONDS)
+    try:
+        await js.add_stream(config)
+    except Exception:  # noqa: BLE001 - exists with other settings: bring it to ours
+        await js.update_stream(config)
+
+
+class Relay:
+    """Publishes outbox rows in id order; a row leaves the outbox only after JetStream acknowledged it."""
+
+    def __init__(self, js: JetStreamContext, store: Store, interval: float = 1.0) -> None:
+        self.js, self.store, self.interval = js, store, interval
+        self.wakeup = asyncio.Event()
+        self.published = 0
+
+    async def __aenter__(self) -> "Relay":
+        self.task = asyncio.create_task(self.run(), name="relay")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        """Stop the loop, then publish what is left while NATS is still up."""
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.relay_once(), 5)
+        except Exception as exc:  # noqa: BLE001 - what is left is relayed at the next start
+            log.warning("relay_final_flush_failed", error=str(exc))
+
+    def kick(self) -> None:
+        """Ask for a run now (called after a commit that added work)."""
+        self.wakeup.set()
+
+    async def run(self) -> None:
+        """Relay until cancelled."""
+        while True:
+            try:
+                await asyncio.wait_for(self.wakeup.wait(), self.interval)
+            except asyncio.TimeoutError:
+                pass
+            self.wakeup.clear()
+            try:
+                while await self.relay_once() == BATCH:
+                    pass
+            except Exception as exc:  # noqa: BLE001 - try again on the next tick
+                log.warning("relay_failed", error=str(exc))
+
+    async def relay_once(self) -> int:
+        """Publish one batch; returns how many rows it took from the outbox."""
+        items = await self.store.outbox_pending(BATCH)
+        if not items:
+            return 0
+        results = await asyncio.gather(
+            *(self.js.publish(i.subject, i.payload, headers={"Nats-Msg-Id": i.dedup_id}) for i in items),
+            return_exceptions=True)
+        done = [i.id for i, r in zip(items, results) if not isinstance(r, BaseException)]
+        if done:
+            await self.store.outbox_done(done)
+            self.published += len(done)
+        failed = len(items) - len(done)
+        if failed:
+            log.warning("relay_publish_failed", failed=failed, error=str(next(r for r in results if isinstance(r, BaseException))))
+            return 0
+        return len(items)

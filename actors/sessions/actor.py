@@ -1,0 +1,73 @@
+"""One actor per session: sends get strict seq order because it handles one request at a time."""
+
+from __future__ import annotations
+
+import msgspec
+import structlog
+
+from contracts.errors import Forbidden, NotFound
+from contracts.events import MessageEvent
+from contracts.models import Message
+from contracts.requests import ListMessages, MessagesReply, Send, SendReply
+from contracts.subjects import reply_subject
+
+from ..deps import Call, Deps
+from ..runtime.actor import Actor
+from ..schedule import ScheduledReply, encode_work
+from ..store import NewSend, SessionState
+
+log = structlog.get_logger("session")
+
+
+class SessionActor(Actor):
+    """Owns one session's state (its last seq); activated from storage, let go when idle."""
+
+    def __init__(self, sid: str, deps: Deps) -> None:
+        super().__init__(sid, deps.settings.mailbox_size, deps.settings.idle_seconds)
+        self.deps = deps
+        self.state: SessionState | None = None
+
+    async def on_start(self) -> None:
+        self.state = await self.deps.store.load_session(self.key)
+        if self.state is None:
+            raise NotFound("no such session")
+
+    async def receive(self, call: Call) -> object:
+        if self.state is None:  # a failed write left us unsure of our state: read it again
+            await self.on_start()
+        state = self.state
+        assert state is not None
+        if call.uid != state.uid:
+            raise Forbidden("this session is not yours")
+        match call.body:
+            case Send():
+                return await self.send(state, call.body)
+            case ListMessages(after_seq=after, limit=limit):
+                messages, more = await self.deps.store.list_messages(self.key, after, limit)
+                return MessagesReply(messages=messages, has_more=more)
+        raise TypeError(f"unexpected {call.body!r}")
+
+    async def send(self, state: SessionState, req: Send) -> SendReply:
+        deps, session = self.deps, state.session
+        await deps.access.check(state.uid, session.document_id)
+        if req.client_message_id is not None:
+            found = await deps.store.find_send(self.key, req.client_message_id)
+            if found:
+                return SendReply(message=found[0], reply=found[1])
+        now = deps.clock()
+        user = Message(id=deps.ids(), session_id=self.key, seq=state.last_seq + 1, role="user",
+                       content=req.content, status="complete", created_at=now, updated_at=now)
+        reply = Message(id=deps.ids(), session_id=self.key, seq=state.last_seq + 2, role="assistant",
+                        content="", status="pending", created_at=now, updated_at=now, reply_to=user.id)
+        work = ScheduledReply(session_id=self.key, message_id=reply.id, uid=state.uid)
+        self.state = None  # until the commit is known to have happened
+        await deps.store.append_send(NewSend(
+            user=user, reply=reply, client_message_id=req.client_message_id, document_xml=req.document_xml,
+            reply_subject=reply_subject(self.key), reply_payload=encode_work(work), dedup_id=deps.ids()))
+        state.last_seq += 2
+        state.session = msgspec.structs.replace(session, message_count=session.message_count + 2, updated_at=now)
+        self.state = state
+        await deps.events.publish(state.uid, self.key, MessageEvent(message=user))
+        await deps.events.publish(state.uid, self.key, MessageEvent(message=reply))
+        deps.kick_relay()  # after the events, so the pending event precedes any of the assistant's
+        return SendReply(message=user, reply=reply)

@@ -1,0 +1,28 @@
+"""The admin actor: document grants and revokes from trusted services."""
+
+from __future__ import annotations
+
+from contracts.requests import Grant, OkReply, Revoke
+from contracts.subjects import user_token
+
+from ..deps import Call, Deps
+from ..runtime.actor import Actor
+
+
+class AdminActor(Actor):
+    """Writes grants; one at a time, so a grant and a revoke of the same pair keep their order."""
+
+    def __init__(self, key: str, deps: Deps) -> None:
+        super().__init__(key, deps.settings.mailbox_size * 4, deps.settings.idle_seconds)
+        self.deps = deps
+
+    async def receive(self, call: Call) -> object:
+        store = self.deps.store
+        match call.body:
+            case Grant(document_id=doc, user_id=sub, role=role):
+                await store.grant(user_token(sub), sub, doc, role, self.deps.clock())
+            case Revoke(document_id=doc, user_id=sub):
+                await store.revoke(user_token(sub), doc)
+            case _:
+                raise TypeError(f"unexpected {call.body!r}")
+        return OkReply()

@@ -1,0 +1,86 @@
+"""All configuration, read once from DOCCHAT_* environment variables into one frozen object."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Every knob of a docchat process; see README "Configuration" for each variable."""
+
+    # NATS. An empty nats_url means: start our own nats-server from nats.conf.
+    nats_url: str = ""
+    nats_user: str = "docchat"
+    service_password: str = "docchat-dev"
+    nats_host: str = "127.0.0.1"
+    nats_port: int = 4222
+    nats_ws_port: int = 8080
+    nats_http_port: int = 8222
+    data_dir: str = "data"
+    db_path: str = ""  # default: {data_dir}/docchat.db
+
+    # Session actors.
+    mailbox_size: int = 64
+    idle_seconds: float = 60.0
+    max_sessions_active: int = 100_000
+
+    # Document access: "grants" (embedded table, admin subjects) or "service" (ask over NATS).
+    access_mode: str = "grants"
+    documents_subject: str = "documents.access"
+    access_cache_seconds: float = 5.0
+    access_timeout_seconds: float = 2.0
+
+    # Assistant.
+    run_assistant: bool = True
+    model: str = "claude-sonnet-4-5"
+    model_provider: str = "anthropic"  # or "offline": deterministic replies, no network
+    max_tokens: int = 1024
+    model_timeout_seconds: float = 60.0
+    model_stall_seconds: float = 20.0
+    model_retries: int = 3
+    model_base_url: str = ""  # empty: ANTHROPIC_BASE_URL or the public API; key: ANTHROPIC_API_KEY
+    model_backoff_seconds: float = 0.5  # first retry's delay; doubles per retry, with jitter
+    model_backoff_max_seconds: float = 8.0  # cap; a longer retry-after is not waited for
+    offline_delay_seconds: float = 0.0  # pause before each offline-model chunk (load tests)
+    system_prompt: str = (
+        "You are a helpful assistant inside a document editor. Answer questions about the "
+        "document below, concisely."
+    )
+    replies_in_flight: int = 16
+    reply_ack_wait_seconds: float = 30.0
+    reply_max_deliver: int = 5
+    stuck_reply_seconds: float = 300.0
+    delta_interval_ms: int = 50
+
+    # Gateway (auth callout).
+    run_callout: bool = True
+    jwt_secret: str = ""  # HS256 shared secret; dev default is set by `docchat serve`
+    jwt_public_key: str = ""  # PEM for RS256/ES256
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
+    callout_password: str = "docchat-callout-dev"
+    callout_seed: str = ""  # account nkey seed (SA...); default: made once in {data_dir}/callout.nk
+    callout_xkey_seed: str = ""  # xkey seed (SX...) sealing callout requests; default {data_dir}/callout.xk
+    web_port: int = 8090
+
+    log_level: str = "info"
+
+    @property
+    def database(self) -> Path:
+        return Path(self.db_path) if self.db_path else Path(self.data_dir) / "docchat.db"
+
+
+def from_env(env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Settings from DOCCHAT_<FIELD> variables (upper case), then keyword overrides."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    for name in Settings.__struct_fields__:
+        value = env.get("DOCCHAT_" + name.upper())
+        if value is not None:
+            raw[name] = value
+    raw.update(overrides)
+    return msgspec.convert(raw, Settings, strict=False)

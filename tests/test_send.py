@@ -1,0 +1,132 @@
+"""send and messages: durable, strictly ordered, idempotent, with events in seq order."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from contracts.errors import Forbidden, NotFound
+from contracts.events import MessageEvent
+from contracts.subjects import REPLY_STREAM
+
+
+@pytest.fixture
+async def session(host, admin, user):
+    await admin.grant("doc", "alice")
+    return (await user("alice").get_or_create("doc")).session
+
+
+async def test_send_stores_user_message_and_pending_reply(session, user):
+    alice = user("alice")
+    reply = await alice.send(session.id, "What is this document about?", "<doc>hi</doc>")
+    assert (reply.message.seq, reply.message.role, reply.message.status) == (1, "user", "complete")
+    assert reply.message.content == "What is this document about?"
+    assert (reply.reply.seq, reply.reply.role, reply.reply.status) == (2, "assistant", "pending")
+    assert reply.reply.reply_to == reply.message.id and reply.reply.content == ""
+    page = await alice.messages(session.id)
+    assert page.messages == [reply.message, reply.reply] and page.has_more is False
+    assert (await alice.get_or_create("doc")).session.message_count == 2
+
+
+async def test_fifty_concurrent_senders_get_gapless_seq_and_ordered_events(session, user):
+    alice = user("alice")
+    events = await alice.subscribe(session.id)
+    replies = await asyncio.gather(*(alice.send(session.id, f"message {i}", "<d/>") for i in range(50)))
+    seqs = sorted(s for r in replies for s in (r.message.seq, r.reply.seq))
+    assert seqs == list(range(1, 101))
+    for r in replies:
+        assert r.reply.seq == r.message.seq + 1
+    seen = [await events.next() for _ in range(100)]
+    await events.close()
+    assert all(isinstance(e, MessageEvent) for e in seen)
+    assert [e.message.seq for e in seen] == list(range(1, 101))
+    stored = (await alice.messages(session.id, limit=500)).messages
+    assert [m.seq for m in stored] == list(range(1, 101))
+
+
+async def test_messages_pages_by_after_seq_and_limit(session, user):
+    alice = user("alice")
+    for i in range(5):
+        await alice.send(session.id, f"m{i}", "")
+    first = await alice.messages(session.id, limit=4)
+    assert [m.seq for m in first.messages] == [1, 2, 3, 4] and first.has_more
+    rest = await alice.messages(session.id, after_seq=4, limit=4)
+    assert [m.seq for m in rest.messages] == [5, 6, 7, 8] and rest.has_more
+    last = await alice.messages(session.id, after_seq=8)
+    assert [m.seq for m in last.messages] == [9, 10] and not last.has_more
+
+
+async def test_repeated_client_message_id_returns_first_reply_and_stores_nothing(session, user):
+    alice = user("alice")
+    first = await alice.send(session.id, "once", "<d/>", client_message_id="c-1")
+    again = await asyncio.gather(*(alice.send(session.id, "once", "<d/>", client_message_id="c-1") for _ in range(5)))
+    assert all(a == first for a in again)
+    assert len((await alice.messages(session.id)).messages) == 2
+    other = await alice.send(session.id, "twice", "<d/>", client_message_id="c-2")
+    assert other.message.seq == 3
+
+
+async def test_send_schedules_one_reply_in_jetstream(session, user, host, nc):
+    alice = user("alice")
+    js = nc.jetstream()
+    before = (await js.stream_info(REPLY_STREAM)).state.messages
+    await alice.send(session.id, "schedule me", "<d/>")
+    for _ in range(50):
+        if (await js.stream_info(REPLY_STREAM)).state.messages == before + 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await js.stream_info(REPLY_STREAM)).state.messages == before + 1
+    assert await host.store.outbox_pending(10) == []
+
+
+async def test_someone_elses_session_is_forbidden_and_unknown_is_not_found(session, admin, user):
+    await admin.grant("doc", "mallory")
+    mallory = user("mallory")
+    with pytest.raises(Forbidden):
+        await mallory.send(session.id, "hi", "")
+    with pytest.raises(Forbidden):
+        await mallory.messages(session.id)
+    with pytest.raises(NotFound):
+        await mallory.send("no-such-session", "hi", "")
+    assert (await user("alice").messages(session.id)).messages == []
+
+
+async def test_history_survives_a_restart(settings, nats_server, admin, user):
+    from actors.host import running
+
+    async with running(settings, nats_server.url):
+        await admin.grant("doc", "alice")
+        alice = user("alice")
+        sid = (await alice.get_or_create("doc")).session.id
+        sent = [await alice.send(sid, f"m{i}", "<d/>") for i in range(3)]
+        before = (await alice.messages(sid)).messages
+    async with running(settings, nats_server.url):
+        after = (await alice.messages(sid)).messages
+        assert after == before and len(after) == 6
+        assert (await alice.get_or_create("doc")).session.id == sid
+        nxt = await alice.send(sid, "after restart", "<d/>")
+        assert nxt.message.seq == 7
+        assert sent[0].message in after
+
+
+async def test_idle_session_is_passivated_and_reactivated(settings, nats_server, admin, user):
+    import msgspec
+
+    from actors.host import running
+
+    quick = msgspec.structs.replace(settings, idle_seconds=0.1)
+    async with running(quick, nats_server.url) as h:
+        await admin.grant("doc", "alice")
+        alice = user("alice")
+        sid = (await alice.get_or_create("doc")).session.id
+        await alice.send(sid, "one", "")
+        assert sid in h.sessions.live
+        for _ in range(50):
+            if sid not in h.sessions.live:
+                break
+            await asyncio.sleep(0.02)
+        assert sid not in h.sessions.live
+        second = await alice.send(sid, "two", "")
+        assert second.message.seq == 3
+        assert h.sessions.activations == 2
