@@ -53,7 +53,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     replies_in_flight: int = 16
     reply_ack_wait_seconds: float = 30.0
     reply_max_deliver: int = 5
-    stuck_reply_seconds: float = 300.0
+    reply_lease_seconds: float = 15.0  # a worker holds a reply this long without renewing
+    stuck_reply_seconds: float = 30.0  # an unclaimed reply older than this is scheduled again
+    reply_max_attempts: int = 3  # claims of one reply before it fails with a timeout error
     delta_interval_ms: int = 50
 
     # Gateway (auth callout).
