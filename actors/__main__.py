@@ -41,10 +41,35 @@ async def serve(settings: Settings) -> None:
             await stack.enter_async_context(server)
             url = server.url
         await stack.enter_async_context(running(settings, url))
+        if not settings.nats_url:  # dev mode: the browser page, next to the websocket listener
+            from gateway.web_server import WEB_DIST, WebServer
+
+            web = await stack.enter_async_context(WebServer(
+                settings.nats_host, settings.web_port, WEB_DIST, f"ws://{{host}}:{settings.nats_ws_port}"))
+            log.info("web_page", url=web.url, token_hint="docchat token <sub>; docchat grant <doc> <sub>")
         log.info("serving", nats=url, hint="Ctrl-C stops")
         await stop.wait()
         log.info("shutting_down")
     log.info("stopped")
+
+
+async def assistant_only(settings: Settings) -> None:
+    """Run only the assistant (another process, same NATS and database) until SIGINT/SIGTERM."""
+    from .assistant.service import Assistant
+    from .host import connect
+    from .store import SqliteStore
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    url = settings.nats_url or f"nats://{settings.nats_host}:{settings.nats_port}"
+    async with AsyncExitStack() as stack:
+        nc = await connect(settings, url, "docchat-assistant")
+        stack.push_async_callback(nc.drain)
+        store = await stack.enter_async_context(SqliteStore(settings.database))
+        await stack.enter_async_context(Assistant(nc, store, settings))
+        await stop.wait()
 
 
 async def grant(settings: Settings, document_id: str, sub: str, role: str, revoke: bool) -> None:
@@ -71,6 +96,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where SQLite and JetStream keep their files (DOCCHAT_DATA_DIR)")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", help="run the whole service on embedded defaults")
+    sub.add_parser("assistant", help="run only the assistant, against a running service's NATS and database")
+    t = sub.add_parser("token", help="print a dev application JWT for a user (the dev secret of --data-dir)")
+    t.add_argument("sub")
+    t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
     g = sub.add_parser("grant", help="grant (or --revoke) a user's access to a document")
     g.add_argument("document_id")
     g.add_argument("sub")
@@ -88,8 +117,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"docchat: bad setting: {exc}", file=sys.stderr)
         return 2
     configure(settings.log_level)
+    from gateway.devtoken import mint_for, with_dev_secret
+
+    settings = with_dev_secret(settings)
     if args.command == "serve":
         asyncio.run(serve(settings))
+    elif args.command == "assistant":
+        asyncio.run(assistant_only(settings))
+    elif args.command == "token":
+        print(mint_for(settings, args.sub, args.ttl))
     elif args.command == "grant":
         asyncio.run(grant(settings, args.document_id, args.sub, args.role, args.revoke))
     return 0

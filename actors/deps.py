@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from nats.aio.client import Client
+
 from .access import Access
 from .events import Events
 from .ids import new_id, now_ms
@@ -24,6 +26,7 @@ class Call:
 class Deps:
     """Collaborators of the session, user and admin actors."""
 
+    nc: Client
     store: Store
     events: Events
     access: Access

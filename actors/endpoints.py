@@ -63,6 +63,7 @@ class Endpoints:
                                          description="AI chat sessions per (user, document)")
         for name, (subject, route) in self.routes.items():
             await self.service.add_endpoint(name=name, subject=subject, handler=self.handler(name, route))
+        await self.nc.flush()  # the server knows every subscription before we say we are ready
         log.info("endpoints_started", service="docchat", endpoints=len(self.routes))
 
     async def stop(self) -> None:

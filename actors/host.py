@@ -1,7 +1,8 @@
 """The lifespan of one docchat process: build every part, start them in order, stop them in reverse.
 
-Shutdown order (exit runs bottom-up): mailboxes close and actors finish their queues → the relay
-publishes what is left → the assistant stops → the micro service stops → the store closes → NATS drains.
+Shutdown order (exit runs bottom-up): mailboxes close and actors finish their queues → the auth
+callout stops → the assistant stops (its running replies are handed back) → the relay publishes what
+is left → the micro service stops → the store closes → NATS drains.
 """
 
 from __future__ import annotations
@@ -14,7 +15,11 @@ import nats
 import structlog
 from nats.aio.client import Client
 
+from gateway.callout import AuthCallout
+from gateway.keys import load_keys
+
 from .access import Access, GrantsAccess, ServiceAccess
+from .assistant.service import Assistant
 from .deps import Deps
 from .endpoints import Endpoints
 from .events import Events
@@ -41,8 +46,8 @@ class Host:
     relay: Relay
 
 
-async def connect(settings: Settings, url: str, name: str) -> Client:
-    """A service connection that never gives up reconnecting."""
+async def connect(settings: Settings, url: str, name: str, user: str = "", password: str = "") -> Client:
+    """A service connection (the service user unless told otherwise) that never gives up reconnecting."""
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", connection=name, error=str(exc))
 
@@ -52,7 +57,8 @@ async def connect(settings: Settings, url: str, name: str) -> Client:
     async def on_reconnect() -> None:
         log.info("nats_reconnected", connection=name)
 
-    return await nats.connect(url, user=settings.nats_user, password=settings.service_password, name=name,
+    return await nats.connect(url, user=user or settings.nats_user, password=password or settings.service_password,
+                              name=name,
                               max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
                               disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
 
@@ -76,13 +82,19 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         await ensure_stream(js)
         store = await stack.enter_async_context(SqliteStore(settings.database))
         relay = Relay(js, store)
-        deps = Deps(store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
+        deps = Deps(nc=nc, store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
                     kick_relay=relay.kick)
         sessions = Directory(lambda key: SessionActor(key, deps), "sessions")
         users = Directory(lambda key: UserActor(key, deps), "users")
         admin = Directory(lambda key: AdminActor(key, deps), "admin")
         await stack.enter_async_context(Endpoints(nc, sessions, users, admin))
         await stack.enter_async_context(relay)
+        if settings.run_assistant:
+            await stack.enter_async_context(Assistant(nc, store, settings))
+        if settings.run_callout:
+            callout_nc = await connect(settings, url, "docchat-callout", "callout", settings.callout_password)
+            stack.push_async_callback(callout_nc.drain)
+            await stack.enter_async_context(AuthCallout(callout_nc, settings, load_keys(settings)))
         # Entered last, so closed first: new requests get 503 while queued ones finish.
         for directory in (admin, users, sessions):
             await stack.enter_async_context(directory)

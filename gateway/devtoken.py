@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 import time
+from pathlib import Path
 
 import jwt
+import msgspec
 
 from actors.settings import Settings
 
@@ -26,3 +30,19 @@ def mint(secret: str, sub: str, ttl_seconds: float = 3600.0, *, issuer: str = ""
 def mint_for(settings: Settings, sub: str, ttl_seconds: float = 3600.0) -> str:
     """A dev token that settings' own verifier accepts (its secret, issuer and audience)."""
     return mint(settings.jwt_secret, sub, ttl_seconds, issuer=settings.jwt_issuer, audience=settings.jwt_audience)
+
+
+DEV_SECRET_FILE = "dev-jwt-secret"
+
+
+def with_dev_secret(settings: Settings) -> Settings:
+    """Settings with a dev HS256 secret (made once in data_dir) when no JWT key is configured."""
+    if settings.jwt_secret or settings.jwt_public_key:
+        return settings
+    path = Path(settings.data_dir) / DEV_SECRET_FILE
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32))
+    return msgspec.structs.replace(settings, jwt_secret=path.read_text().strip())

@@ -5,16 +5,17 @@ from __future__ import annotations
 import msgspec
 import structlog
 
-from contracts.errors import Forbidden, NotFound
+from contracts.errors import Conflict, Forbidden, NotFound
 from contracts.events import MessageEvent
 from contracts.models import Message
-from contracts.requests import ListMessages, MessagesReply, Send, SendReply
+from contracts.requests import Cancel, ListMessages, MessageReply, MessagesReply, Retry, Send, SendReply
 from contracts.subjects import reply_subject
 
 from ..deps import Call, Deps
 from ..runtime.actor import Actor
 from ..schedule import ScheduledReply, encode_work
 from ..store import NewSend, SessionState
+from .cancel import cancel
 
 log = structlog.get_logger("session")
 
@@ -45,7 +46,31 @@ class SessionActor(Actor):
             case ListMessages(after_seq=after, limit=limit):
                 messages, more = await self.deps.store.list_messages(self.key, after, limit)
                 return MessagesReply(messages=messages, has_more=more)
+            case Cancel(message_id=mid):
+                return MessageReply(message=await cancel(self.deps, state, await self.reply(mid)))
+            case Retry(message_id=mid):
+                return MessageReply(message=await self.retry(state, await self.reply(mid)))
         raise TypeError(f"unexpected {call.body!r}")
+
+    async def reply(self, message_id: str) -> Message:
+        """The assistant message of this session with that id, or NotFound."""
+        msg = await self.deps.store.get_message(message_id)
+        if msg is None or msg.session_id != self.key or msg.role != "assistant":
+            raise NotFound("no such assistant message in this session")
+        return msg
+
+    async def retry(self, state: SessionState, msg: Message) -> Message:
+        """Back to pending, empty, at the end of the session's reply queue; 409 unless failed or cancelled."""
+        if msg.status not in ("failed", "cancelled"):
+            raise Conflict(f"only a failed or cancelled reply can be retried; this one is {msg.status}")
+        deps = self.deps
+        work = encode_work(ScheduledReply(session_id=self.key, message_id=msg.id, uid=state.uid))
+        again = await deps.store.retry_reply(msg.id, deps.clock(), reply_subject(self.key), work, deps.ids())
+        if again is None:
+            raise Conflict("the reply changed meanwhile; read it again")
+        await deps.events.publish(state.uid, self.key, MessageEvent(message=again))
+        deps.kick_relay()
+        return again
 
     async def send(self, state: SessionState, req: Send) -> SendReply:
         deps, session = self.deps, state.session

@@ -1,6 +1,6 @@
 """Storage behind one small interface: SQLite now, PostgreSQL next."""
 
-from .base import NewSend, OutboxItem, SessionState, Store
+from .base import Claim, NewSend, OutboxItem, ReplyContext, SessionState, Store
 from .sqlite import SqliteStore
 
-__all__ = ["NewSend", "OutboxItem", "SessionState", "SqliteStore", "Store"]
+__all__ = ["Claim", "NewSend", "OutboxItem", "ReplyContext", "SessionState", "SqliteStore", "Store"]

@@ -38,6 +38,22 @@ class OutboxItem(msgspec.Struct, frozen=True):
     dedup_id: str
 
 
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a claim on a reply: claimed, or why not (gone, busy, blocked, exhausted)."""
+
+    state: str
+    retry_in_ms: int = 0
+    restarted: bool = False
+
+
+class ReplyContext(msgspec.Struct, frozen=True, kw_only=True):
+    """What the model is given for one reply."""
+
+    reply: Message
+    document_xml: str
+    conversation: list[Message]
+
+
 class Store(Protocol):
     """Durable state of docchat. Every write is one transaction; errors are DocchatErrors."""
 
@@ -55,4 +71,17 @@ class Store(Protocol):
     async def revoke(self, uid: str, document_id: str) -> None: ...
     async def has_grant(self, uid: str, document_id: str) -> bool: ...
     async def outbox_pending(self, limit: int) -> list[OutboxItem]: ...
+    # The assistant's side (actors/store/replies.py has the rules).
+    async def claim_reply(self, message_id: str, token: str, now: int, lease_ms: int, max_attempts: int) -> Claim: ...
+    async def reply_context(self, message_id: str) -> ReplyContext: ...
+    async def save_progress(self, message_id: str, token: str, content: str, now: int, lease_ms: int,
+                            streaming: bool = True) -> bool: ...
+    async def finish_reply(self, message_id: str, token: str | None, status: str, content: str, now: int,
+                           error: tuple[str, str] | None = None, model: str | None = None,
+                           usage: tuple[int, int] | None = None) -> Message | None: ...
+    async def release_reply(self, message_id: str, token: str) -> None: ...
+    async def next_reply(self, session_id: str) -> str | None: ...
+    async def retry_reply(self, message_id: str, now: int, subject: str, payload: bytes,
+                          dedup_id: str) -> Message | None: ...
+    async def stuck_replies(self, now: int, older_than_ms: int, limit: int) -> list[tuple[str, str, str]]: ...
     async def outbox_done(self, ids: list[int]) -> None: ...

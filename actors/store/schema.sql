@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS messages (
     turn              INTEGER,            -- assistant messages: queue position within the session
     claim_token       TEXT,               -- assistant messages: who generates it now
     claim_until       INTEGER,            -- ... and until when the claim holds (ms)
+    attempts          INTEGER NOT NULL DEFAULT 0, -- claims taken since it was last scheduled
     UNIQUE (session_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id

@@ -13,8 +13,8 @@ import structlog
 
 from contracts.errors import Unavailable
 
-from . import rows
-from .base import NewSend, OutboxItem, SessionState
+from . import replies, rows
+from .base import Claim, NewSend, OutboxItem, ReplyContext, SessionState
 
 T = TypeVar("T")
 log = structlog.get_logger("store")
@@ -194,3 +194,29 @@ class SqliteStore:
 
     async def outbox_done(self, ids: list[int]) -> None:
         await self.write(lambda db: rows.outbox_done(db, ids))
+
+    async def claim_reply(self, message_id: str, token: str, now: int, lease_ms: int, max_attempts: int) -> Claim:
+        return await self.write(lambda db: replies.claim(db, message_id, token, now, lease_ms, max_attempts))
+
+    async def reply_context(self, message_id: str) -> ReplyContext:
+        return await self.read(lambda db: replies.context(db, message_id))
+
+    async def save_progress(self, message_id: str, token: str, content: str, now: int, lease_ms: int,
+                            streaming: bool = True) -> bool:
+        return await self.write(lambda db: replies.progress(db, message_id, token, content, now, lease_ms, streaming))
+
+    async def finish_reply(self, message_id, token, status, content, now, error=None, model=None, usage=None):
+        return await self.write(lambda db: replies.finish(db, message_id, token, status, content, now, error, model,
+                                                          usage))
+
+    async def release_reply(self, message_id: str, token: str) -> None:
+        await self.write(lambda db: replies.release(db, message_id, token))
+
+    async def next_reply(self, session_id: str) -> str | None:
+        return await self.read(lambda db: replies.next_in_session(db, session_id))
+
+    async def retry_reply(self, message_id, now, subject, payload, dedup_id):
+        return await self.write(lambda db: replies.retry(db, message_id, now, subject, payload, dedup_id))
+
+    async def stuck_replies(self, now: int, older_than_ms: int, limit: int):
+        return await self.read(lambda db: replies.stuck(db, now, older_than_ms, limit))

@@ -1,0 +1,198 @@
+"""The assistant actor: generate one reply (claim, stream, store once), then the next of its session."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+import structlog
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+from contracts.codec import encode
+from contracts.events import DeltaEvent, MessageEvent
+from contracts.models import Message
+from contracts.requests import MessageReply
+from contracts.subjects import cancel_subject
+
+from ..events import Events
+from ..ids import new_id, now_ms
+from ..schedule import ScheduledReply
+from ..settings import Settings
+from ..store import Store
+from .context import build_request
+from .model import ModelClient, ModelError
+
+log = structlog.get_logger("assistant")
+
+SAVE_EVERY = 0.25  # seconds: how stale the content `messages` returns for a streaming reply may be
+TIMEOUT_ERROR = ("reply_timeout", "The reply could not be generated in time. Please retry.")
+
+
+@dataclass
+class Generation:
+    """One reply being written: what is stored and published, and who asked to cancel it."""
+
+    message_id: str
+    token: str
+    seq: int = 0
+    content: str = ""
+    published: int = 0  # characters already sent as deltas
+    streaming: bool = False
+    cancel_requests: list[Msg] = field(default_factory=list)
+    task: asyncio.Task[object] | None = None  # set while the model call may be interrupted
+
+
+class ClaimLost(Exception):
+    """Another worker took the reply over (our lease ran out): stop without storing anything."""
+
+
+class AssistantActor:
+    """Generates replies; `run(work)` returns once the session has no reply left for it to do."""
+
+    def __init__(self, nc: Client, store: Store, model: ModelClient, settings: Settings) -> None:
+        self.nc, self.store, self.model, self.settings = nc, store, model, settings
+        self.events = Events(nc)
+        self.lease_ms = int(settings.reply_lease_seconds * 1000)
+        self.renew_every = settings.reply_lease_seconds / 3
+        self.generated = 0
+
+    async def run(self, work: ScheduledReply, keepalive: Msg | None = None) -> None:
+        """Generate work's reply if its turn has come, then each next unfinished reply of the session."""
+        message_id: str | None = work.message_id
+        while message_id is not None:
+            ended = await self.generate(work.uid, message_id, keepalive)
+            if not ended:
+                return
+            nxt = await self.store.next_reply(work.session_id)
+            message_id = nxt if nxt != message_id else None
+
+    async def generate(self, uid: str, message_id: str, keepalive: Msg | None) -> bool:
+        """Claim and generate one reply; True when it ended here (so the session's next one may start)."""
+        gen = Generation(message_id=message_id, token=new_id())
+        claim = await self.store.claim_reply(message_id, gen.token, now_ms(), self.lease_ms,
+                                             self.settings.reply_max_attempts)
+        if claim.state == "exhausted":
+            final = await self.store.finish_reply(message_id, None, "failed", "", now_ms(), error=TIMEOUT_ERROR)
+            if final:
+                await self.events.publish(uid, final.session_id, MessageEvent(message=final))
+            return True
+        if claim.state != "claimed":
+            return claim.state == "gone"
+
+        # Only the claim holder listens for cancels; one sent before this subscription finds no
+        # responder and is retried by the session actor (sessions/cancel.py).
+        async def on_cancel(msg: Msg) -> None:
+            self.on_cancel(gen, msg)
+
+        sub = await self.nc.subscribe(cancel_subject(message_id), cb=on_cancel)
+        try:
+            final = await self.write(uid, gen, keepalive, claim.restarted)
+        finally:
+            await sub.unsubscribe()
+        if final is None:
+            return False
+        self.generated += 1
+        await self.events.publish(uid, final.session_id, MessageEvent(message=final))
+        for request in gen.cancel_requests:
+            await request.respond(encode(MessageReply(message=final)))
+        return True
+
+    @staticmethod
+    def on_cancel(gen: Generation, msg: Msg) -> None:
+        """A cancel for this reply: interrupt the model call if it runs; answered once the end is stored."""
+        gen.cancel_requests.append(msg)
+        if gen.task is not None and len(gen.cancel_requests) == 1:
+            gen.task.cancel("cancel requested")
+
+    async def write(self, uid: str, gen: Generation, keepalive: Msg | None, restarted: bool) -> Message | None:
+        """Stream the model's reply into the store and the events; the final message, or None if lost."""
+        ctx = await self.store.reply_context(gen.message_id)
+        sid, gen.seq = ctx.reply.session_id, ctx.reply.seq
+        status, error, model, usage = "complete", None, None, None
+        try:
+            gen.task = asyncio.current_task()
+            if gen.cancel_requests:
+                raise asyncio.CancelledError
+            if restarted:  # taken over from a vanished worker: clients start this reply over
+                await self.events.publish(uid, sid, MessageEvent(message=ctx.reply))
+            async with self.model.stream(build_request(ctx, self.settings)) as stream:
+                await self.pump(uid, sid, gen, stream, keepalive)
+                gen.task = None
+                model, usage = stream.model, (stream.input_tokens, stream.output_tokens)
+        except ModelError as exc:
+            status, error = "failed", (exc.code, exc.message)
+            log.warning("reply_failed", message_id=gen.message_id, code=exc.code)
+        except ClaimLost:
+            log.warning("reply_lost", message_id=gen.message_id)
+            return None
+        except asyncio.CancelledError:
+            if not gen.cancel_requests:
+                await self.store.release_reply(gen.message_id, gen.token)
+                raise  # shutting down: another worker takes the reply over
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status = "cancelled"
+        finally:
+            gen.task = None
+        await self.flush(uid, sid, gen)
+        return await self.store.finish_reply(gen.message_id, gen.token, status, gen.content, now_ms(),
+                                             error=error, model=model, usage=usage)
+
+    async def pump(self, uid: str, sid: str, gen: Generation, stream, keepalive: Msg | None) -> None:
+        """Read chunks; publish deltas at most every delta_interval_ms, store the content so far at most
+        every SAVE_EVERY seconds (renewing the lease), and keep the delivery alive."""
+        interval = self.settings.delta_interval_ms / 1000
+        chunks = aiter(stream)
+        last_flush = last_save = time.monotonic()
+        saved = 0
+        pending: asyncio.Task[str] | None = None
+        try:
+            while True:
+                if pending is None:
+                    pending = asyncio.ensure_future(anext(chunks))
+                deadline = last_save + (SAVE_EVERY if len(gen.content) > saved else self.renew_every)
+                if len(gen.content) > gen.published:
+                    deadline = min(deadline, last_flush + interval)
+                done, _ = await asyncio.wait({pending}, timeout=max(0.0, deadline - time.monotonic()))
+                if done:
+                    try:
+                        chunk = pending.result()
+                    except StopAsyncIteration:
+                        return
+                    finally:
+                        pending = None
+                    if not gen.streaming:
+                        await self.start_streaming(uid, sid, gen)
+                    gen.content += chunk
+                now = time.monotonic()
+                if len(gen.content) > gen.published and now - last_flush >= interval:
+                    await self.flush(uid, sid, gen)
+                    last_flush = now
+                if now - last_save >= (SAVE_EVERY if len(gen.content) > saved else self.renew_every):
+                    last_save, saved = now, len(gen.content)
+                    if not await self.store.save_progress(gen.message_id, gen.token, gen.content, now_ms(),
+                                                          self.lease_ms, gen.streaming):
+                        raise ClaimLost
+                    if keepalive is not None:
+                        await keepalive.in_progress()
+        finally:
+            if pending is not None:  # let the chunk reader finish before the stream is closed
+                pending.cancel()
+                await asyncio.wait({pending})
+
+    async def start_streaming(self, uid: str, sid: str, gen: Generation) -> None:
+        gen.streaming = True
+        await self.store.save_progress(gen.message_id, gen.token, "", now_ms(), self.lease_ms)
+        msg = await self.store.get_message(gen.message_id)
+        if msg is not None:
+            await self.events.publish(uid, sid, MessageEvent(message=msg))
+
+    async def flush(self, uid: str, sid: str, gen: Generation) -> None:
+        """Publish what was generated since the last delta."""
+        if len(gen.content) <= gen.published:
+            return
+        text = gen.content[gen.published:]
+        await self.events.publish(uid, sid, DeltaEvent(message_id=gen.message_id, seq=gen.seq, offset=gen.published,
+                                                       text=text))
+        gen.published = len(gen.content)
