@@ -100,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="print a dev application JWT for a user (the dev secret of --data-dir)")
     t.add_argument("sub")
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    sub.add_parser("load", help="drive a running docchat with load and compare to the NATS echo floor (see --help)")
+    sub.add_parser("bench-sessions", help="create many sessions, let them idle, measure RSS and re-activation")
     g = sub.add_parser("grant", help="grant (or --revoke) a user's access to a document")
     g.add_argument("document_id")
     g.add_argument("sub")
@@ -109,6 +111,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in ("load", "bench-sessions"):  # the load tools parse their own options
+        from bench.cli import main as bench_main
+
+        return bench_main(argv)
     args = parser().parse_args(argv)
     overrides = {k: v for k, v in {"nats_url": args.nats_url, "data_dir": args.data_dir}.items() if v}
     try:
