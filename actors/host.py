@@ -94,7 +94,9 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         if settings.run_callout:
             callout_nc = await connect(settings, url, "docchat-callout", "callout", settings.callout_password)
             stack.push_async_callback(callout_nc.drain)
-            await stack.enter_async_context(AuthCallout(callout_nc, settings, load_keys(settings)))
+            await stack.enter_async_context(AuthCallout(
+                callout_nc, settings, load_keys(settings),
+                on_admit=lambda claims: store.remember_user(claims.uid, claims.sub)))
         # Entered last, so closed first: new requests get 503 while queued ones finish.
         for directory in (admin, users, sessions):
             await stack.enter_async_context(directory)

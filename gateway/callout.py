@@ -8,7 +8,7 @@ user JWT placing it in account APP with `permissions.for_user(uid)` until the to
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import structlog
 from nats.aio.client import Client
@@ -34,12 +34,16 @@ class AuthCallout:
     """`async with AuthCallout(nc, settings, keys)` answers auth requests until the block ends."""
 
     def __init__(self, nc: Client, settings: Settings, keys: CalloutKeys, account: str = "APP",
-                 verifier: TokenVerifier | None = None) -> None:
+                 verifier: TokenVerifier | None = None,
+                 on_admit: Callable[[Claims], Awaitable[None]] | None = None) -> None:
         self._nc = nc
         self._keys = keys
         self._account = account
         self._verifier = verifier or TokenVerifier.from_settings(settings)
         self._sub: Subscription | None = None
+        # Told of each admitted user whose sub is hashed into its uid (the service keeps the sub).
+        self._on_admit = on_admit
+        self._admitted: list[Claims] = []
 
     async def start(self) -> None:
         """Subscribe to the callout subject (idempotent); flushes so the server knows before return."""
@@ -70,6 +74,12 @@ class AuthCallout:
         except Exception:
             log.exception("callout_failed")
             return
+        for claims in self._admitted:  # before the reply: the user's first request may need it
+            try:
+                await self._on_admit(claims)
+            except Exception:  # noqa: BLE001 - the user is admitted either way
+                log.exception("callout_on_admit_failed")
+        self._admitted.clear()
         if reply is not None and msg.reply:
             await self._nc.publish(msg.reply, reply)
 
@@ -96,6 +106,8 @@ class AuthCallout:
             body: dict[str, Any] = {"error": str(exc)}
         else:
             log.info("callout_granted", uid=claims.uid, exp=claims.exp, client=_client(nats))
+            if self._on_admit is not None and claims.uid != claims.sub:
+                self._admitted.append(claims)
             body = {"jwt": self.user_jwt(claims, user_nkey)}
         response = natsjwt.encode({
             "sub": user_nkey, "aud": server_id,
