@@ -20,16 +20,36 @@ class Access(Protocol):
 
     async def check(self, uid: str, document_id: str) -> None: ...
 
+    def forget(self, uid: str, document_id: str) -> None:
+        """Drop what is remembered of this pair (a grant or revoke just happened here)."""
+
 
 class GrantsAccess:
-    """Access while a grant exists in the store (chat.admin.documents.grant / revoke)."""
+    """Access while a grant exists in the store (chat.admin.documents.grant / revoke).
 
-    def __init__(self, store: Store) -> None:
+    A found grant is remembered for `cache_seconds`; grants and revokes made through this process
+    take effect at once, those of another host sharing the store within `cache_seconds`.
+    """
+
+    MAX_CACHED = 100_000
+
+    def __init__(self, store: Store, cache_seconds: float = 5.0) -> None:
         self.store = store
+        self.cache_seconds = cache_seconds
+        self.granted: dict[tuple[str, str], float] = {}
 
     async def check(self, uid: str, document_id: str) -> None:
+        key = (uid, document_id)
+        if self.granted.get(key, 0.0) > time.monotonic():
+            return
         if not await self.store.has_grant(uid, document_id):
             raise Forbidden("no access to this document")
+        if len(self.granted) >= self.MAX_CACHED:
+            self.granted.clear()
+        self.granted[key] = time.monotonic() + self.cache_seconds
+
+    def forget(self, uid: str, document_id: str) -> None:
+        self.granted.pop((uid, document_id), None)
 
 
 class AccessQuestion(msgspec.Struct, frozen=True, rename="camel"):
@@ -68,6 +88,9 @@ class ServiceAccess:
             allowed = hit[0]
         if not allowed:
             raise Forbidden("no access to this document")
+
+    def forget(self, uid: str, document_id: str) -> None:
+        self.cache.pop((uid, document_id), None)
 
     async def ask(self, uid: str, document_id: str) -> bool:
         sub = await self.store.user_sub(uid)

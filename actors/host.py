@@ -23,6 +23,7 @@ from .assistant.service import Assistant
 from .deps import Deps
 from .endpoints import Endpoints
 from .events import Events
+from .limits import Limits
 from .relay import Relay, ensure_stream
 from .runtime.directory import Directory
 from .sessions.actor import SessionActor
@@ -69,7 +70,7 @@ def make_access(settings: Settings, nc: Client, store: Store) -> Access:
                              settings.access_timeout_seconds)
     if settings.access_mode != "grants":
         raise ValueError(f"DOCCHAT_ACCESS_MODE must be grants or service, not {settings.access_mode!r}")
-    return GrantsAccess(store)
+    return GrantsAccess(store, settings.access_cache_seconds)
 
 
 @asynccontextmanager
@@ -83,7 +84,7 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         store = await stack.enter_async_context(SqliteStore(settings.database))
         relay = Relay(js, store)
         deps = Deps(nc=nc, store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
-                    kick_relay=relay.kick)
+                    kick_relay=relay.kick, limits=Limits.from_settings(settings))
         sessions = Directory(lambda key: SessionActor(key, deps), "sessions")
         users = Directory(lambda key: UserActor(key, deps), "users")
         admin = Directory(lambda key: AdminActor(key, deps), "admin")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
-
-ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-
 
 def now_ms() -> int:
     """Milliseconds since the Unix epoch."""
@@ -14,15 +12,6 @@ def now_ms() -> int:
 
 
 def new_id() -> str:
-    """A unique, subject-safe id that sorts by creation time: 9 chars of time, 13 of randomness."""
-    n = time.time_ns() // 1_000_000
-    out = []
-    for _ in range(9):
-        n, r = divmod(n, 62)
-        out.append(ALPHABET[r])
-    rand = int.from_bytes(os.urandom(10), "big")
-    for _ in range(13):
-        rand, r = divmod(rand, 62)
-        out.append(ALPHABET[r])
-    time_part = "".join(reversed(out[:9]))
-    return time_part + "".join(out[9:])
+    """A unique, subject-safe id (22 chars of [A-Za-z0-9_-]): 6 bytes of time then 10 random bytes."""
+    ms = time.time_ns() // 1_000_000
+    return base64.urlsafe_b64encode(ms.to_bytes(6, "big") + os.urandom(10)).decode()[:22]  # 16 bytes: 22 chars and "==" padding

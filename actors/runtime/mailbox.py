@@ -43,12 +43,14 @@ class Mailbox:
     async def get(self, timeout: float) -> Envelope | None:
         """The next envelope; None after `timeout` seconds without one, or when closed and empty."""
         if not self.items and not self.closed:
-            self.waiter = asyncio.get_running_loop().create_future()
+            # A bare future and a timer: asyncio.wait_for would make a task for every wait.
+            loop = asyncio.get_running_loop()
+            self.waiter = loop.create_future()
+            timer = loop.call_later(timeout, self.wake)
             try:
-                await asyncio.wait_for(self.waiter, timeout)
-            except asyncio.TimeoutError:
-                pass
+                await self.waiter
             finally:
+                timer.cancel()
                 self.waiter = None
         return self.items.popleft() if self.items else None
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import msgspec
 import structlog
 
-from contracts.errors import Conflict, Forbidden, NotFound
+from contracts.errors import Conflict, Forbidden, NotFound, RateLimited
 from contracts.events import MessageEvent
 from contracts.models import Message
-from contracts.requests import Cancel, ListMessages, MessageReply, MessagesReply, Retry, Send, SendReply
+from contracts.requests import Cancel, ListMessages, MessageReply, Retry, Send, SendReply
 from contracts.subjects import reply_subject
 
 from ..deps import Call, Deps
@@ -44,8 +44,7 @@ class SessionActor(Actor):
             case Send():
                 return await self.send(state, call.body)
             case ListMessages(after_seq=after, limit=limit):
-                messages, more = await self.deps.store.list_messages(self.key, after, limit)
-                return MessagesReply(messages=messages, has_more=more)
+                return await self.deps.store.messages_page(self.key, after, limit)
             case Cancel(message_id=mid):
                 return MessageReply(message=await cancel(self.deps, state, await self.reply(mid)))
             case Retry(message_id=mid):
@@ -72,6 +71,15 @@ class SessionActor(Actor):
         deps.kick_relay()
         return again
 
+    async def check_limits(self, uid: str) -> None:
+        """429 before anything is stored when the user has too many replies running or sends too fast."""
+        limits = self.deps.limits
+        if limits.replies_in_flight and limits.over_in_flight(await self.deps.store.unfinished_replies(uid)):
+            raise RateLimited(limits.IN_FLIGHT_RETRY_MS, "too many replies in progress; wait for one to end")
+        wait_ms = limits.take_send(uid)
+        if wait_ms:
+            raise RateLimited(wait_ms, "sending too fast; retry later")
+
     async def send(self, state: SessionState, req: Send) -> SendReply:
         deps, session = self.deps, state.session
         await deps.access.check(state.uid, session.document_id)
@@ -79,6 +87,7 @@ class SessionActor(Actor):
             found = await deps.store.find_send(self.key, req.client_message_id)
             if found:
                 return SendReply(message=found[0], reply=found[1])
+        await self.check_limits(state.uid)
         now = deps.clock()
         user = Message(id=deps.ids(), session_id=self.key, seq=state.last_seq + 1, role="user",
                        content=req.content, status="complete", created_at=now, updated_at=now)

@@ -1,8 +1,8 @@
-"""The admin actor: document grants and revokes from trusted services."""
+"""The admin actor: document grants and revokes, and usage reports, for trusted services."""
 
 from __future__ import annotations
 
-from contracts.requests import Grant, OkReply, Revoke
+from contracts.requests import GetUsage, Grant, OkReply, Revoke, UsageReply
 from contracts.subjects import user_token
 
 from ..deps import Call, Deps
@@ -21,8 +21,13 @@ class AdminActor(Actor):
         match call.body:
             case Grant(document_id=doc, user_id=sub, role=role):
                 await store.grant(user_token(sub), sub, doc, role, self.deps.clock())
+                self.deps.access.forget(user_token(sub), doc)
             case Revoke(document_id=doc, user_id=sub):
                 await store.revoke(user_token(sub), doc)
+                self.deps.access.forget(user_token(sub), doc)
+            case GetUsage(user_id=sub, from_ms=start, to_ms=end):
+                tokens_in, tokens_out, count = await store.usage(user_token(sub), start, end)
+                return UsageReply(user_id=sub, input_tokens=tokens_in, output_tokens=tokens_out, replies=count)
             case _:
                 raise TypeError(f"unexpected {call.body!r}")
         return OkReply()

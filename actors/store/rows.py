@@ -102,6 +102,26 @@ def list_messages(db: sqlite3.Connection, session_id: str, after_seq: int, limit
     return [message_of(r) for r in rows[:limit]], len(rows) > limit
 
 
+# One message as PROTOCOL.md's JSON, made by SQLite; json_patch onto {} drops the null members.
+MESSAGE_JSON = """json_patch('{}', json_object(
+    'id', id, 'sessionId', session_id, 'seq', seq, 'role', role, 'content', content, 'status', status,
+    'createdAt', created_at, 'updatedAt', updated_at,
+    'error', CASE WHEN error_code IS NULL THEN NULL
+                  ELSE json_object('code', error_code, 'message', COALESCE(error_message, '')) END,
+    'replyTo', reply_to, 'model', model,
+    'usage', CASE WHEN input_tokens IS NULL THEN NULL
+                  ELSE json_object('inputTokens', input_tokens, 'outputTokens', output_tokens) END))"""
+
+
+def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int, limit: int) -> tuple[bytes, bool]:
+    """The `messages` reply's list as ready JSON (no Python objects per message), and hasMore."""
+    page = db.execute(f"SELECT json_group_array(json(j)) FROM (SELECT {MESSAGE_JSON} AS j FROM messages"
+                      " WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?)", (session_id, after_seq, limit)).fetchone()
+    more = db.execute("SELECT 1 FROM messages WHERE session_id=? AND seq>? ORDER BY seq LIMIT 1 OFFSET ?",
+                      (session_id, after_seq, limit)).fetchone()
+    return page[0].encode(), more is not None
+
+
 def get_message(db: sqlite3.Connection, message_id: str) -> Message | None:
     row = db.execute(f"SELECT {MESSAGE_COLS} FROM messages WHERE id=?", (message_id,)).fetchone()
     return message_of(row) if row else None
@@ -130,3 +150,21 @@ def outbox_pending(db: sqlite3.Connection, limit: int) -> list[OutboxItem]:
 
 def outbox_done(db: sqlite3.Connection, ids: list[int]) -> None:
     db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in ids])
+
+
+def unfinished_replies(db: sqlite3.Connection, uid: str) -> int:
+    """How many of the user's assistant messages are pending or streaming, over all their sessions."""
+    return db.execute("SELECT COUNT(*) FROM messages m JOIN sessions s ON s.id = m.session_id"
+                      " WHERE s.uid=? AND m.role='assistant' AND m.status IN ('pending', 'streaming')",
+                      (uid,)).fetchone()[0]
+
+
+def usage(db: sqlite3.Connection, uid: str, from_ms: int, to_ms: int | None) -> tuple[int, int, int]:
+    """(input tokens, output tokens, replies) summed over the user's assistant messages with usage
+    whose updated_at is in [from_ms, to_ms); to_ms None means no upper bound."""
+    row = db.execute("SELECT COALESCE(SUM(m.input_tokens), 0), COALESCE(SUM(m.output_tokens), 0), COUNT(*)"
+                     " FROM messages m JOIN sessions s ON s.id = m.session_id"
+                     " WHERE s.uid=? AND m.role='assistant' AND m.input_tokens IS NOT NULL"
+                     " AND m.updated_at >= ? AND (? IS NULL OR m.updated_at < ?)",
+                     (uid, from_ms, to_ms, to_ms)).fetchone()
+    return row[0], row[1], row[2]

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import aiosqlite
+import msgspec
 import structlog
 
 from contracts.errors import Unavailable
 
 from . import replies, rows
-from .base import Claim, NewSend, OutboxItem, ReplyContext, SessionState
+from .base import Claim, MessagesPage, NewSend, OutboxItem, ReplyContext, SessionState
 
 T = TypeVar("T")
 log = structlog.get_logger("store")
@@ -177,6 +178,10 @@ class SqliteStore:
     async def list_messages(self, session_id: str, after_seq: int, limit: int):
         return await self.read(lambda db: rows.list_messages(db, session_id, after_seq, limit))
 
+    async def messages_page(self, session_id: str, after_seq: int, limit: int) -> MessagesPage:
+        page, more = await self.read(lambda db: rows.messages_page(db, session_id, after_seq, limit))
+        return MessagesPage(msgspec.Raw(page), more)
+
     async def get_message(self, message_id: str):
         return await self.read(lambda db: rows.get_message(db, message_id))
 
@@ -220,3 +225,9 @@ class SqliteStore:
 
     async def stuck_replies(self, now: int, older_than_ms: int, limit: int):
         return await self.read(lambda db: replies.stuck(db, now, older_than_ms, limit))
+
+    async def unfinished_replies(self, uid: str) -> int:
+        return await self.read(lambda db: rows.unfinished_replies(db, uid))
+
+    async def usage(self, uid: str, from_ms: int, to_ms: int | None) -> tuple[int, int, int]:
+        return await self.read(lambda db: rows.usage(db, uid, from_ms, to_ms))
