@@ -10,6 +10,7 @@ from nats.aio.client import Client
 from .access import Access
 from .events import Events
 from .ids import new_id, now_ms
+from .limits import Limits
 from .settings import Settings
 from .store import Store
 
@@ -34,3 +35,4 @@ class Deps:
     kick_relay: Callable[[], None] = lambda: None
     clock: Callable[[], int] = now_ms
     ids: Callable[[], str] = field(default=new_id)
+    limits: Limits = field(default_factory=Limits)  # shared by every session actor: limits are per user

@@ -14,8 +14,9 @@ from nats.micro.service import Service
 
 from contracts.codec import decode_request
 from contracts.errors import BadRequest, NotFound, TooLarge
-from contracts.requests import (ByDocument, Cancel, GetOrCreate, Grant, ListMessages, Retry, Revoke, Send)
-from contracts.subjects import GRANT, REVOKE, is_token, parse, session_endpoint, user_endpoint
+from contracts.requests import (ByDocument, Cancel, GetOrCreate, GetUsage, Grant, ListMessages, Retry, Revoke,
+                                Send)
+from contracts.subjects import GRANT, REVOKE, USAGE, is_token, parse, session_endpoint, user_endpoint
 
 from . import replies
 from .deps import Call
@@ -55,6 +56,7 @@ class Endpoints:
             "retry": (session_endpoint("retry"), Route(Retry, sessions, "session")),
             "grant": (GRANT, Route(Grant, admin, "admin", check=doc)),
             "revoke": (REVOKE, Route(Revoke, admin, "admin", check=doc)),
+            "usage": (USAGE, Route(GetUsage, admin, "admin")),
         }
         self.service: Service | None = None
 

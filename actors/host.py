@@ -81,7 +81,7 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
         await ensure_stream(js)
-        store = await stack.enter_async_context(SqliteStore(settings.database))
+        store = await stack.enter_async_context(SqliteStore(settings.database, inline=settings.sqlite_inline))
         relay = Relay(js, store)
         deps = Deps(nc=nc, store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
                     kick_relay=relay.kick, limits=Limits.from_settings(settings))

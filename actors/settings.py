@@ -22,6 +22,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_http_port: int = 8222
     data_dir: str = "data"
     db_path: str = ""  # default: {data_dir}/docchat.db
+    sqlite_inline: bool = False  # run SQLite calls on the event loop thread instead of aiosqlite's
 
     # Session actors.
     mailbox_size: int = 64
@@ -70,6 +71,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     web_port: int = 8090
 
     log_level: str = "info"
+
+    # Limits. Per user, on send; 0 turns each off (the dev default; see README "Production settings").
+    send_rate_per_second: float = 0.0  # sends a user may make per second, sustained
+    send_burst: int = 20  # sends a user may make at once before the rate applies
+    replies_in_flight_per_user: int = 0  # a user with this many unfinished replies gets 429 on send
 
     @property
     def database(self) -> Path:

@@ -13,7 +13,7 @@ from .codec import decoder, encode, error_decoder, event_decoder
 from .errors import DocchatError, from_detail
 from .events import AnyEvent
 from .models import Message, Session
-from .subjects import GRANT, REVOKE, events_subject, session_subject, user_subject, user_token
+from .subjects import GRANT, REVOKE, USAGE, events_subject, session_subject, user_subject, user_token
 
 T = TypeVar("T")
 
@@ -92,7 +92,7 @@ class EventStream:
 
 
 class AdminClient:
-    """Grants and revokes document access (trusted services only)."""
+    """Grants and revokes document access, reports usage (trusted services only)."""
 
     def __init__(self, nc: Client, timeout: float = 5.0) -> None:
         self.nc, self.timeout = nc, timeout
@@ -106,6 +106,13 @@ class AdminClient:
         msg = await self.nc.request(REVOKE, encode(rq.Revoke(document_id=document_id, user_id=user_id)),
                                     timeout=self.timeout)
         raise_for_error(msg)
+
+    async def usage(self, user_id: str, from_ms: int = 0, to_ms: int | None = None) -> rq.UsageReply:
+        """The user's (`sub`) token usage over updatedAt in [from_ms, to_ms); to_ms None: up to now."""
+        body = rq.GetUsage(user_id=user_id, from_ms=from_ms, to_ms=to_ms)
+        msg = await self.nc.request(USAGE, encode(body), timeout=self.timeout)
+        raise_for_error(msg)
+        return decoder(rq.UsageReply).decode(msg.data)
 
 
 __all__ = ["AdminClient", "DocchatClient", "DocchatError", "EventStream", "raise_for_error"]

@@ -59,6 +59,23 @@ class Revoke(Request):
     role: Literal["owner", "editor", "viewer"] = "editor"
 
 
+class GetUsage(Request):
+    """`chat.admin.usage`: a user's (`sub`) token usage, over updatedAt in [fromMs, toMs); default all time."""
+
+    user_id: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    from_ms: Annotated[int, msgspec.Meta(ge=0)] = 0
+    to_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
+
+
+class UsageReply(Wire, omit_defaults=False):
+    """Sums of the model's own token counts over the user's assistant messages that carry usage."""
+
+    user_id: str
+    input_tokens: int
+    output_tokens: int
+    replies: int
+
+
 class SessionReply(Wire, omit_defaults=False):
     session: Session
     created: bool

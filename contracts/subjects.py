@@ -13,6 +13,7 @@ SESSION_VERBS = ("send", "messages", "cancel", "retry")
 USER_VERBS = ("getOrCreate", "byDocument")
 GRANT = "chat.admin.documents.grant"
 REVOKE = "chat.admin.documents.revoke"
+USAGE = "chat.admin.usage"  # token usage report of one user (trusted services only)
 
 
 def user_token(sub: str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import msgspec
+import pytest
 
 from actors.store import NewSend, SqliteStore
 from contracts.codec import encode
@@ -14,8 +15,9 @@ ODD = ["plain", "quote \" and backslash \\", "tab\tnewline\n", "emoji 📄 and R
        "<doc attr='x'>&amp;</doc>", "ünïcödé " * 50]
 
 
-async def test_messages_page_json_is_what_the_wire_types_encode(tmp_path):
-    async with SqliteStore(tmp_path / "s.db") as store:
+@pytest.mark.parametrize("inline", [False, True], ids=["aiosqlite-thread", "inline"])
+async def test_messages_page_json_is_what_the_wire_types_encode(tmp_path, inline):
+    async with SqliteStore(tmp_path / "s.db", inline=inline) as store:
         session, _ = await store.get_or_create_session("alice", "doc", "sid1", 1000)
         for i, text in enumerate(ODD):
             user = Message(id=f"u{i}", session_id="sid1", seq=2 * i + 1, role="user", content=text,

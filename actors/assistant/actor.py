@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from contracts.codec import encode
 from contracts.events import DeltaEvent, MessageEvent
@@ -42,6 +44,7 @@ class Generation:
     streaming: bool = False
     cancel_requests: list[Msg] = field(default_factory=list)
     task: asyncio.Task[object] | None = None  # set while the model call may be interrupted
+    final: Message | None = None  # the stored end, once published: later cancels get it at once
 
 
 class ClaimLost(Exception):
@@ -84,20 +87,37 @@ class AssistantActor:
         # Only the claim holder listens for cancels; one sent before this subscription finds no
         # responder and is retried by the session actor (sessions/cancel.py).
         async def on_cancel(msg: Msg) -> None:
-            self.on_cancel(gen, msg)
+            if gen.final is not None:  # it ended already: the cancel gets the end as it is
+                await msg.respond(encode(MessageReply(message=gen.final)))
+            else:
+                self.on_cancel(gen, msg)
 
         sub = await self.nc.subscribe(cancel_subject(message_id), cb=on_cancel)
         try:
             final = await self.write(uid, gen, keepalive, claim.restarted)
-        finally:
+        except BaseException:
             await sub.unsubscribe()
+            raise
         if final is None:
+            await sub.unsubscribe()
             return False
         self.generated += 1
         await self.events.publish(uid, final.session_id, MessageEvent(message=final))
+        gen.final = final
         for request in gen.cancel_requests:
             await request.respond(encode(MessageReply(message=final)))
+        await self.stop_listening(sub)
         return True
+
+    @staticmethod
+    async def stop_listening(sub: Subscription) -> None:
+        """Unsubscribe from cancels, but answer those the server routed here before it heard of it:
+        dropping them (plain unsubscribe) left their senders waiting out the whole request timeout."""
+        try:
+            await sub.drain()
+        except Exception:  # noqa: BLE001 - connection closing: late cancels fall back to the store
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     @staticmethod
     def on_cancel(gen: Generation, msg: Msg) -> None:

@@ -49,6 +49,9 @@ CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id
     ON messages (session_id, client_message_id) WHERE client_message_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS messages_unfinished
     ON messages (status, claim_until) WHERE status IN ('pending', 'streaming');
+-- Each session's queue of unfinished replies, in turn order (claims, the sweeper, the next reply).
+CREATE INDEX IF NOT EXISTS messages_queue
+    ON messages (session_id, turn) WHERE role = 'assistant' AND status IN ('pending', 'streaming');
 
 CREATE TABLE IF NOT EXISTS grants (
     uid         TEXT NOT NULL,

@@ -67,8 +67,9 @@ def apply_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection],
 class SqliteStore:
     """The embedded store. `async with SqliteStore(path)` opens, migrates and starts the writer."""
 
-    def __init__(self, path: Path, readers: int = 2) -> None:
+    def __init__(self, path: Path, readers: int = 2, inline: bool = False) -> None:
         self.path = Path(path)
+        self.inline = inline  # run SQLite on the event loop thread: no thread hop, the loop waits for it
         self.reader_count = readers
         self.writer_db: aiosqlite.Connection | None = None
         self.readers: list[aiosqlite.Connection] = []
@@ -78,15 +79,26 @@ class SqliteStore:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.writer_db = await aiosqlite.connect(self.path, isolation_level=None)
+        self.writer_db = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=not self.inline)
         await run_in_thread(self.writer_db, pragmas)
         await run_in_thread(self.writer_db, lambda db: db.executescript(SCHEMA))
         for _ in range(self.reader_count):
-            reader = await aiosqlite.connect(self.path, isolation_level=None)
+            reader = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=not self.inline)
             await run_in_thread(reader, pragmas)
             self.readers.append(reader)
         self.writer_task = asyncio.create_task(self.write_loop(), name="sqlite-writer")
         log.info("store_opened", path=str(self.path), journal="wal", synchronous="full")
+
+    def call(self, db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T]) -> "asyncio.Future[T]":
+        """fn(connection) on the connection's thread, or right here when inline."""
+        if not self.inline:
+            return run_in_thread(db, fn)
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        try:
+            fut.set_result(fn(db._conn))  # noqa: SLF001 - same connection, its thread idle
+        except Exception as exc:  # noqa: BLE001 - handed to the awaiting caller
+            fut.set_exception(exc)
+        return fut
 
     async def close(self) -> None:
         """Finish queued writes, then close every connection."""
@@ -121,7 +133,7 @@ class SqliteStore:
             raise Unavailable("store is closed")
         self.next_reader = (self.next_reader + 1) % len(self.readers)
         try:
-            return await run_in_thread(self.readers[self.next_reader], op)
+            return await self.call(self.readers[self.next_reader], op)
         except sqlite3.Error as exc:
             log.warning("store_read_failed", error=str(exc))
             raise Unavailable("storage is unavailable, retry") from exc
@@ -135,7 +147,7 @@ class SqliteStore:
                 batch.append(self.queue.get_nowait())
             live = [(op, fut) for op, fut in batch if not fut.cancelled()]
             try:
-                results = await run_in_thread(self.writer_db, functools.partial(apply_batch, ops=[op for op, _ in live]))
+                results = await self.call(self.writer_db, functools.partial(apply_batch, ops=[op for op, _ in live]))
             except Exception as exc:  # noqa: BLE001 - every caller must hear of it
                 log.error("store_commit_failed", error=str(exc), batch=len(live))
                 failure = Unavailable("storage is unavailable, retry")
