@@ -17,6 +17,7 @@ from .store import Store
 
 log = structlog.get_logger("relay")
 BATCH = 256
+ACK_TIMEOUT = 5.0  # seconds to wait for JetStream to acknowledge a batch
 DEDUP_WINDOW_SECONDS = 600.0  # longer than any retry of one outbox row
 
 
@@ -74,15 +75,17 @@ class Relay:
         items = await self.store.outbox_pending(BATCH)
         if not items:
             return 0
-        results = await asyncio.gather(
-            *(self.js.publish(i.subject, i.payload, headers={"Nats-Msg-Id": i.dedup_id}) for i in items),
-            return_exceptions=True)
-        done = [i.id for i, r in zip(items, results) if not isinstance(r, BaseException)]
+        # publish_async: one shared reply subscription, no task or timer per message.
+        acks = [await self.js.publish_async(i.subject, i.payload, headers={"Nats-Msg-Id": i.dedup_id}) for i in items]
+        _, late = await asyncio.wait(acks, timeout=ACK_TIMEOUT)
+        for ack in late:
+            ack.cancel()
+        done = [i.id for i, ack in zip(items, acks) if not ack.cancelled() and ack.exception() is None]
         if done:
             await self.store.outbox_done(done)
             self.published += len(done)
-        failed = len(items) - len(done)
-        if failed:
-            log.warning("relay_publish_failed", failed=failed, error=str(next(r for r in results if isinstance(r, BaseException))))
+        if len(done) < len(items):
+            errors = {repr(a.exception()) for a in acks if not a.cancelled() and a.exception() is not None}
+            log.warning("relay_publish_failed", failed=len(items) - len(done), errors=sorted(errors), timed_out=len(late))
             return 0
         return len(items)
