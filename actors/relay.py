@@ -6,6 +6,7 @@ Runs after every commit that added work (kick) and once a second to sweep what a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import structlog
 from nats.js import JetStreamContext
@@ -13,6 +14,7 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 
 from contracts.subjects import REPLY_PREFIX, REPLY_STREAM
 
+from .runtime.tasks import cancel_and_wait
 from .store import Store
 
 log = structlog.get_logger("relay")
@@ -45,8 +47,7 @@ class Relay:
 
     async def __aexit__(self, *exc: object) -> None:
         """Stop the loop, then publish what is left while NATS is still up."""
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
+        await cancel_and_wait([self.task])
         try:
             await asyncio.wait_for(self.relay_once(), 5)
         except Exception as exc:  # noqa: BLE001 - what is left is relayed at the next start
@@ -59,10 +60,10 @@ class Relay:
     async def run(self) -> None:
         """Relay until cancelled."""
         while True:
-            try:
-                await asyncio.wait_for(self.wakeup.wait(), self.interval)
-            except asyncio.TimeoutError:
-                pass
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancel that stops us.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.interval):
+                    await self.wakeup.wait()
             self.wakeup.clear()
             try:
                 while await self.relay_once() == BATCH:

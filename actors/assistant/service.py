@@ -9,6 +9,7 @@ import structlog
 from nats.aio.client import Client
 
 from ..relay import ensure_stream
+from ..runtime.tasks import cancel_and_wait
 from ..settings import Settings
 from ..store import Store
 from .actor import AssistantActor
@@ -40,12 +41,7 @@ class Assistant:
         for task in tasks:
             task.add_done_callback(self.report_exit)
 
-        async def stop() -> None:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-        self.stack.push_async_callback(stop)
+        self.stack.push_async_callback(cancel_and_wait, tasks)
         log.info("assistant_started", provider=self.settings.model_provider, model=self.settings.model,
                  in_flight=self.settings.replies_in_flight)
         return self

@@ -14,6 +14,7 @@ from contracts.errors import Unavailable
 
 from .actor import Actor
 from .mailbox import Envelope
+from .tasks import cancel_and_wait
 
 log = structlog.get_logger("directory")
 
@@ -65,8 +66,6 @@ class Directory:
             actor.mailbox.close()
         if self.tasks:
             done, pending = await asyncio.wait(set(self.tasks), timeout=timeout)
-            for task in pending:
-                task.cancel()
             if pending:
                 log.warning("actors_cancelled", directory=self.name, count=len(pending))
-                await asyncio.gather(*pending, return_exceptions=True)
+                await cancel_and_wait(pending)
