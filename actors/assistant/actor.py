@@ -7,6 +7,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
+import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -39,6 +40,7 @@ class Generation:
     message_id: str
     token: str
     seq: int = 0
+    reply: Message | None = None  # as read when the claim was taken
     content: str = ""
     published: int = 0  # characters already sent as deltas
     streaming: bool = False
@@ -129,7 +131,7 @@ class AssistantActor:
     async def write(self, uid: str, gen: Generation, keepalive: Msg | None, restarted: bool) -> Message | None:
         """Stream the model's reply into the store and the events; the final message, or None if lost."""
         ctx = await self.store.reply_context(gen.message_id)
-        sid, gen.seq = ctx.reply.session_id, ctx.reply.seq
+        sid, gen.seq, gen.reply = ctx.reply.session_id, ctx.reply.seq, ctx.reply
         status, error, model, usage = "complete", None, None, None
         try:
             gen.task = asyncio.current_task()
@@ -202,11 +204,14 @@ class AssistantActor:
                 await asyncio.wait({pending})
 
     async def start_streaming(self, uid: str, sid: str, gen: Generation) -> None:
+        """The first chunk came: store and announce the reply as streaming (its deltas follow)."""
         gen.streaming = True
-        await self.store.save_progress(gen.message_id, gen.token, "", now_ms(), self.lease_ms)
-        msg = await self.store.get_message(gen.message_id)
-        if msg is not None:
-            await self.events.publish(uid, sid, MessageEvent(message=msg))
+        now = now_ms()
+        if not await self.store.save_progress(gen.message_id, gen.token, "", now, self.lease_ms):
+            raise ClaimLost
+        assert gen.reply is not None
+        streaming = msgspec.structs.replace(gen.reply, status="streaming", content="", updated_at=now)
+        await self.events.publish(uid, sid, MessageEvent(message=streaming))
 
     async def flush(self, uid: str, sid: str, gen: Generation) -> None:
         """Publish what was generated since the last delta."""
