@@ -1,4 +1,4 @@
-"""SQLite cannot write (disk full, database locked): a send answers 503, leaves nothing half-stored,
+"""SQLite cannot write (disk full, read-only files, database locked): a send answers 503, leaves nothing half-stored,
 and the service works again as soon as the fault goes, without a restart."""
 
 from __future__ import annotations
@@ -84,5 +84,25 @@ async def test_database_locked_longer_than_busy_timeout_answers_503_and_recovers
     finally:
         other.execute("ROLLBACK")
         other.close()
+    assert stored(db_path) == before
+    await recovers(alice, sid, db_path)
+
+
+async def test_read_only_database_files_answer_503_store_nothing_and_recover(service):
+    proc, db_path, alice, sid = service
+    await wait_settled(alice, sid)
+    before = stored(db_path)
+    # Read-only for root too: the immutable attribute (chattr +i) refuses every write, even root's.
+    files = [p for p in (db_path, db_path.with_name(db_path.name + "-wal")) if p.exists()]
+    run = await asyncio.create_subprocess_exec("chattr", "+i", *map(str, files))
+    assert await run.wait() == 0, "chattr +i failed: the test needs an ext2/3/4 temp directory"
+    try:
+        for i in range(2):
+            with pytest.raises(Unavailable):
+                await alice.send(sid, f"while read-only {i}", "<doc/>")
+        assert len((await alice.messages(sid)).messages) == 2  # reads still work
+    finally:
+        run = await asyncio.create_subprocess_exec("chattr", "-i", *map(str, files))
+        await run.wait()
     assert stored(db_path) == before
     await recovers(alice, sid, db_path)
