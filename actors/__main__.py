@@ -57,7 +57,7 @@ async def assistant_only(settings: Settings) -> None:
     """Run only the assistant (another process, same NATS and database) until SIGINT/SIGTERM."""
     from .assistant.service import Assistant
     from .host import connect
-    from .store import SqliteStore
+    from .store import open_store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -67,7 +67,7 @@ async def assistant_only(settings: Settings) -> None:
     async with AsyncExitStack() as stack:
         nc = await connect(settings, url, "docchat-assistant")
         stack.push_async_callback(nc.drain)
-        store = await stack.enter_async_context(SqliteStore(settings.database))
+        store = await stack.enter_async_context(open_store(settings))
         await stack.enter_async_context(Assistant(nc, store, settings))
         await stop.wait()
 

@@ -7,11 +7,13 @@ is left → the micro service stops → the store closes → NATS drains.
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
 
 import nats
+import nats.errors
 import structlog
 from nats.aio.client import Client
 
@@ -30,7 +32,7 @@ from .sessions.actor import SessionActor
 from .sessions.admin import AdminActor
 from .sessions.users import UserActor
 from .settings import Settings
-from .store import SqliteStore, Store
+from .store import Store, open_store
 
 log = structlog.get_logger("host")
 
@@ -73,6 +75,17 @@ def make_access(settings: Settings, nc: Client, store: Store) -> Access:
     return GrantsAccess(store, settings.access_cache_seconds)
 
 
+async def answering(nc: Client, tries: int = 50) -> None:
+    """Return once the server routes a request to our endpoints (our own $SRV.PING answers)."""
+    for _ in range(tries):
+        try:
+            await nc.request("$SRV.PING.docchat", b"", timeout=0.5)
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            await asyncio.sleep(0.05)
+    raise RuntimeError("the docchat endpoints do not answer")
+
+
 @asynccontextmanager
 async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
     """Run the session actors and endpoints against the NATS server at url."""
@@ -81,7 +94,7 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
         await ensure_stream(js)
-        store = await stack.enter_async_context(SqliteStore(settings.database, inline=settings.sqlite_inline))
+        store = await stack.enter_async_context(open_store(settings))
         relay = Relay(js, store)
         deps = Deps(nc=nc, store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
                     kick_relay=relay.kick, limits=Limits.from_settings(settings))
@@ -89,6 +102,7 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         users = Directory(lambda key: UserActor(key, deps), "users")
         admin = Directory(lambda key: AdminActor(key, deps), "admin")
         await stack.enter_async_context(Endpoints(nc, sessions, users, admin))
+        await answering(nc)
         await stack.enter_async_context(relay)
         if settings.run_assistant:
             await stack.enter_async_context(Assistant(nc, store, settings))
@@ -101,6 +115,6 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         # Entered last, so closed first: new requests get 503 while queued ones finish.
         for directory in (admin, users, sessions):
             await stack.enter_async_context(directory)
-        log.info("docchat_ready", nats=url, database=str(settings.database))
+        log.info("docchat_ready", nats=url, database="postgresql" if settings.store_url else str(settings.database))
         yield Host(settings=settings, nc=nc, store=store, sessions=sessions, users=users, relay=relay)
         log.info("docchat_stopping")

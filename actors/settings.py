@@ -23,6 +23,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     data_dir: str = "data"
     db_path: str = ""  # default: {data_dir}/docchat.db
     sqlite_inline: bool = False  # run SQLite calls on the event loop thread instead of aiosqlite's
+    store_url: str = ""  # empty: SQLite at db_path; postgresql://user@host:port/db: the shared PostgreSQL store
 
     # Session actors.
     mailbox_size: int = 64

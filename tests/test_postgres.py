@@ -1,0 +1,121 @@
+"""The protocol tests again, on a host whose store is PostgreSQL (DOCCHAT_STORE_URL), plus the store alone.
+
+pytest collects every test function in a module's namespace, so importing the SQLite-run tests here runs
+them a second time; the `settings` fixture below (same name, so it wins in this module) gives each
+test its own fresh database on one throwaway server. Left out: tests that read SQLite directly
+(hostile input counts, storage faults) or start subprocesses with their own env (crash tests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from typing import Iterator
+
+import asyncpg
+import msgspec
+import pytest
+
+from actors.settings import Settings
+from actors.store import open_store
+from actors.store.postgres import PostgresStore
+from contracts.errors import Unavailable
+from tests.pgserver import PgServer, bin_dir
+from tests.test_access import (  # noqa: F401 - tests and fixtures, run again here
+    documents, service_settings, test_a_hashed_user_admitted_by_the_callout_keeps_its_sub,
+    test_no_documents_service_is_a_503_and_stores_nothing,
+    test_the_documents_service_decides_and_its_answer_is_cached_briefly)
+from tests.test_assistant import *  # noqa: F401,F403 - every assistant test and its fixtures
+from tests.test_errors import *  # noqa: F401,F403
+from tests.test_limits import (  # noqa: F401
+    limited, test_a_burst_over_the_limit_gets_429_and_stores_only_what_was_allowed,
+    test_a_repeated_client_message_id_is_answered_even_when_over_the_limit,
+    test_replies_in_flight_are_capped_per_user)
+from tests.test_races import *  # noqa: F401,F403
+from tests.test_send import *  # noqa: F401,F403
+from tests.test_sessions import *  # noqa: F401,F403
+from tests.test_store import check_messages_page
+from tests.test_usage import (  # noqa: F401
+    test_usage_reply_on_the_wire_and_bad_requests, test_usage_sums_the_models_token_counts_over_a_time_range)
+
+DATABASES = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One PostgreSQL server for the run (tests/setup-postgres installs it)."""
+    assert bin_dir() is not None, "PostgreSQL is not installed: run tests/setup-postgres (./dev test does)"
+    with PgServer() as server:
+        yield server
+
+
+async def new_database(server: PgServer) -> str:
+    """A fresh empty database on the server; its URL."""
+    name = f"t{next(DATABASES)}"
+    admin = await asyncpg.connect(server.url())
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return server.url(name)
+
+
+@pytest.fixture
+async def settings(settings: Settings, postgres: PgServer) -> Settings:
+    """conftest's settings, with the store on a fresh PostgreSQL database."""
+    return msgspec.structs.replace(settings, store_url=await new_database(postgres))
+
+
+async def test_messages_page_json_is_what_the_wire_types_encode_on_postgres(settings):
+    async with open_store(settings) as store:
+        assert isinstance(store, PostgresStore)
+        await check_messages_page(store)
+
+
+async def test_a_failing_write_fails_alone_and_the_rest_of_its_batch_commits(settings):
+    async with PostgresStore(settings.store_url) as store:
+        async def bad(db):
+            await db.execute("INSERT INTO users (uid, sub) VALUES ('x', NULL)")
+
+        results = await asyncio.gather(store.remember_user("a", "sub-a"), store.write(bad),
+                                       store.remember_user("b", "sub\u0000b"), return_exceptions=True)
+        assert results[0] is None and results[2] is None
+        assert isinstance(results[1], asyncpg.NotNullViolationError)
+        assert (await store.user_sub("a"), await store.user_sub("b")) == ("sub-a", "sub\u0000b")
+
+
+async def test_concurrent_get_or_create_on_two_stores_makes_one_session(settings):
+    async with PostgresStore(settings.store_url) as one, PostgresStore(settings.store_url) as two:
+        made = await asyncio.gather(*(s.get_or_create_session("alice", "doc\u0000", f"sid{i}-{n}", i)
+                                      for i in range(20) for n, s in enumerate((one, two))))
+        assert sum(created for _, created in made) == 1
+        assert len({session.id for session, _ in made}) == 1 and made[0][0].document_id == "doc\u0000"
+
+
+async def test_a_database_that_is_gone_answers_unavailable():
+    store = PostgresStore("postgresql://postgres@127.0.0.1:1/none")
+    with pytest.raises(OSError):
+        await store.open()
+    with pytest.raises(Unavailable):
+        await store.get_message("m")
+
+
+async def test_a_database_crash_answers_unavailable_then_the_store_recovers():
+    with PgServer() as server:
+        async with PostgresStore(server.url()) as store:
+            await store.remember_user("a", "sub-a")
+            await asyncio.to_thread(server.kill)
+            with pytest.raises(Unavailable):
+                await store.remember_user("b", "sub-b")
+            with pytest.raises(Unavailable):
+                await store.user_sub("a")
+            await asyncio.to_thread(server.launch)
+            await store.remember_user("c", "sub-c")  # the writer reconnects
+            sub = None
+            for _ in range(store.reader_count + 1):  # each broken pooled connection fails once, then is replaced
+                with contextlib.suppress(Unavailable):
+                    sub = await store.user_sub("c")
+                    break
+            assert sub == "sub-c"
+            assert (await store.user_sub("a"), await store.user_sub("b")) == ("sub-a", "b")
