@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import msgspec
 
 from .models import Wire
 

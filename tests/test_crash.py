@@ -8,13 +8,12 @@ import signal
 import sys
 from pathlib import Path
 
-import msgspec
 import pytest
 
 from actors.host import running
 from contracts.events import DeltaEvent, MessageEvent
 from tests.conftest import SERVICE_PASSWORD
-from tests.fakeapi import FakeAnthropic, Reply, Stall
+from tests.fakeapi import FakeAnthropic, Stall
 
 ROOT = Path(__file__).resolve().parent.parent
 
