@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 import pytest
@@ -227,3 +228,25 @@ async def test_without_an_api_key_replies_fail_clearly(settings, nats_server, fa
         _, final = await until_ended(events, sent.reply.id)
     assert final.status == "failed" and final.error.code == "no_api_key"
     assert fake.requests == []
+
+
+async def test_the_consumer_takes_the_configured_redelivery_settings(settings, nats_server, nc, fake, monkeypatch):
+    """An existing durable consumer is updated, so changing DOCCHAT_REPLY_* takes effect on restart."""
+    from nats.js.errors import NotFoundError
+
+    from contracts.subjects import REPLY_STREAM
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    js = nc.jetstream()
+    for ack_wait in (7.0, 3.0):
+        custom = msgspec.structs.replace(settings, run_assistant=True, model_base_url=fake.base_url,
+                                         reply_ack_wait_seconds=ack_wait, reply_max_deliver=4)
+        async with running(custom, nats_server.url):
+            for _ in range(50):
+                with contextlib.suppress(NotFoundError):  # the consumer task may not have run yet
+                    info = await js.consumer_info(REPLY_STREAM, "assistant")
+                    if info.config.ack_wait == ack_wait:
+                        break
+                await asyncio.sleep(0.05)
+        assert info.config.ack_wait == ack_wait and info.config.max_deliver == 4
+        assert info.config.backoff == [ack_wait, ack_wait * 2, ack_wait * 4]

@@ -34,11 +34,15 @@ class Consumer:
 
     async def run(self) -> None:
         """Fetch and dispatch until cancelled; running replies are cancelled with it."""
-        config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT,
-                                ack_wait=self.settings.reply_ack_wait_seconds,
-                                max_deliver=self.settings.reply_max_deliver,
+        wait, tries = self.settings.reply_ack_wait_seconds, self.settings.reply_max_deliver
+        config = ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, filter_subject=f"{REPLY_PREFIX}.>",
+                                ack_wait=wait, max_deliver=tries,
+                                # Redeliveries of an unacknowledged reply wait longer each time.
+                                backoff=[wait * 2**i for i in range(max(1, tries - 1))],
                                 max_ack_pending=max(1000, self.settings.replies_in_flight * 4))
-        psub = await self.js.pull_subscribe(f"{REPLY_PREFIX}.>", durable=DURABLE, stream=REPLY_STREAM, config=config)
+        # Create or update: pull_subscribe alone would keep an existing durable's old settings.
+        await self.js.add_consumer(REPLY_STREAM, config)
+        psub = await self.js.pull_subscribe(f"{REPLY_PREFIX}.>", durable=DURABLE, stream=REPLY_STREAM)
         try:
             await self.dispatch(psub)
         finally:
