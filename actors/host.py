@@ -55,15 +55,19 @@ async def connect(settings: Settings, url: str, name: str, user: str = "", passw
         log.warning("nats_error", connection=name, error=str(exc))
 
     async def on_disconnect() -> None:
-        log.warning("nats_disconnected", connection=name)
+        if nc.is_closed or nc.is_draining:  # our own shutdown, not an outage
+            log.info("nats_closed", connection=name)
+        else:
+            log.warning("nats_disconnected", connection=name)
 
     async def on_reconnect() -> None:
         log.info("nats_reconnected", connection=name)
 
-    return await nats.connect(url, user=user or settings.nats_user, password=password or settings.service_password,
-                              name=name,
-                              max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
-                              disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
+    nc = nats.NATS()
+    await nc.connect(url, user=user or settings.nats_user, password=password or settings.service_password,
+                     name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
+                     disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
+    return nc
 
 
 def make_access(settings: Settings, nc: Client, store: Store) -> Access:
