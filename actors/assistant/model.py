@@ -133,6 +133,19 @@ def _retry_after(headers: httpx2.Headers) -> float | None:
     return None
 
 
+class _ChunkStream:
+    """A ModelStream over its own `_generate()`; leaving the context closes the generator (and with
+    it any HTTP response the generator holds)."""
+
+    _chunks: AsyncIterator[str]
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._chunks.aclose()  # type: ignore[attr-defined] - an async generator
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._chunks
+
+
 class AnthropicModel:
     """The Messages API through the `anthropic` SDK, with our own retries and stall detection."""
 
@@ -156,7 +169,7 @@ class AnthropicModel:
         await self._client.close()
 
 
-class _AnthropicStream:
+class _AnthropicStream(_ChunkStream):
     """One reply: the ModelStream and its own context manager; the call starts on iteration."""
 
     def __init__(self, client: anthropic.AsyncAnthropic, settings: Settings,
@@ -173,13 +186,6 @@ class _AnthropicStream:
         if not self._has_key:
             raise ModelError("no_api_key", _NO_KEY)
         return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        # Closing the generator exits the SDK stream's `async with`, which closes the response.
-        await self._chunks.aclose()
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._chunks
 
     async def _generate(self) -> AsyncIterator[str]:
         settings, started = self._settings, time.monotonic()
@@ -281,7 +287,7 @@ def _quarter(text_length: int) -> int:
     return max(1, math.ceil(text_length / 4))
 
 
-class _OfflineStream:
+class _OfflineStream(_ChunkStream):
     def __init__(self, request: ModelRequest, delay: float) -> None:
         self.model = OFFLINE_MODEL
         self.input_tokens = _quarter(len(request.system) + sum(len(c) for _, c in request.messages))
@@ -291,12 +297,6 @@ class _OfflineStream:
 
     async def __aenter__(self) -> _OfflineStream:
         return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._chunks.aclose()
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._chunks
 
     async def _generate(self) -> AsyncIterator[str]:
         for chunk in re.findall(r"\s*\S+|\s+", self._text):
