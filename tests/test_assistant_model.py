@@ -9,16 +9,9 @@ import anthropic
 import pytest
 from structlog.testing import capture_logs
 
-from actors.assistant.model import (
-    OFFLINE_MODEL,
-    AnthropicModel,
-    ModelError,
-    ModelRequest,
-    OfflineModel,
-    build_model,
-    offline_text,
-    warn_if_unconfigured,
-)
+from actors.assistant.claude import AnthropicModel
+from actors.assistant.model import ModelError, ModelRequest, build_model, warn_if_unconfigured
+from actors.assistant.offline import OFFLINE_MODEL, OfflineModel, offline_text
 from actors.settings import Settings, from_env
 from tests.fakeapi import Drop, Fail, FakeAnthropic, Reply, Stall
 
