@@ -23,7 +23,7 @@ from ..events import Events
 from ..ids import new_id, now_ms
 from ..schedule import ScheduledReply
 from ..settings import Settings
-from ..store import Store
+from ..store import ReplyContext, Store
 from .context import build_request
 from .model import ModelClient, ModelError
 
@@ -96,7 +96,8 @@ class AssistantActor:
 
         sub = await self.nc.subscribe(cancel_subject(message_id), cb=on_cancel)
         try:
-            final = await self.write(uid, gen, keepalive, claim.restarted)
+            assert claim.context is not None
+            final = await self.write(uid, gen, keepalive, claim.context, claim.restarted)
         except BaseException:
             await sub.unsubscribe()
             raise
@@ -128,9 +129,9 @@ class AssistantActor:
         if gen.task is not None and len(gen.cancel_requests) == 1:
             gen.task.cancel("cancel requested")
 
-    async def write(self, uid: str, gen: Generation, keepalive: Msg | None, restarted: bool) -> Message | None:
+    async def write(self, uid: str, gen: Generation, keepalive: Msg | None, ctx: ReplyContext,
+                    restarted: bool) -> Message | None:
         """Stream the model's reply into the store and the events; the final message, or None if lost."""
-        ctx = await self.store.reply_context(gen.message_id)
         sid, gen.seq, gen.reply = ctx.reply.session_id, ctx.reply.seq, ctx.reply
         status, error, model, usage = "complete", None, None, None
         try:

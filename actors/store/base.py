@@ -45,20 +45,21 @@ class MessagesPage(msgspec.Struct, frozen=True, rename="camel"):
     has_more: bool
 
 
-class Claim(msgspec.Struct, frozen=True, kw_only=True):
-    """The answer to a claim on a reply: claimed, or why not (gone, busy, blocked, exhausted)."""
-
-    state: str
-    retry_in_ms: int = 0
-    restarted: bool = False
-
-
 class ReplyContext(msgspec.Struct, frozen=True, kw_only=True):
     """What the model is given for one reply."""
 
     reply: Message
     document_xml: str
     conversation: list[Message]
+
+
+class Claim(msgspec.Struct, frozen=True, kw_only=True):
+    """The answer to a claim on a reply: claimed, or why not (gone, busy, blocked, exhausted)."""
+
+    state: str
+    retry_in_ms: int = 0
+    restarted: bool = False
+    context: ReplyContext | None = None  # when claimed: what the model is given, read in the same transaction
 
 
 class Store(Protocol):

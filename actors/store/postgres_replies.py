@@ -30,7 +30,8 @@ async def claim(db: Connection, message_id: str, token: str, now: int, lease_ms:
     # A reply taken over from a vanished worker starts again from nothing.
     await db.execute("UPDATE messages SET claim_token=$2, claim_until=$3, attempts=attempts+1, status='pending',"
                      " content='', updated_at=$4 WHERE id=$1", message_id, token, now + lease_ms, now)
-    return Claim(state="claimed", restarted=status == "streaming" or attempts > 0)
+    return Claim(state="claimed", restarted=status == "streaming" or attempts > 0,
+                 context=await context(db, message_id))
 
 
 async def context(db: Connection, message_id: str, limit: int = 20) -> ReplyContext:

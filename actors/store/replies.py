@@ -34,7 +34,7 @@ def claim(db: sqlite3.Connection, message_id: str, token: str, now: int, lease_m
     # A reply taken over from a vanished worker starts again from nothing.
     db.execute("UPDATE messages SET claim_token=?, claim_until=?, attempts=attempts+1, status='pending', content='',"
                " updated_at=? WHERE id=?", (token, now + lease_ms, now, message_id))
-    return Claim(state="claimed", restarted=status == "streaming" or attempts > 0)
+    return Claim(state="claimed", restarted=status == "streaming" or attempts > 0, context=context(db, message_id))
 
 
 def context(db: sqlite3.Connection, message_id: str, limit: int = 20) -> ReplyContext:
