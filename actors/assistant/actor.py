@@ -37,16 +37,19 @@ TIMEOUT_ERROR = ("reply_timeout", "The reply could not be generated in time. Ple
 class Generation:
     """One reply being written: what is stored and published, and who asked to cancel it."""
 
-    message_id: str
     token: str
-    seq: int = 0
-    reply: Message | None = None  # as read when the claim was taken
+    reply: Message  # as read when the claim was taken
     content: str = ""
     published: int = 0  # characters already sent as deltas
     streaming: bool = False
     cancel_requests: list[Msg] = field(default_factory=list)
     task: asyncio.Task[object] | None = None  # set while the model call may be interrupted
     final: Message | None = None  # the stored end, once published: later cancels get it at once
+
+
+    @property
+    def message_id(self) -> str:
+        return self.reply.id
 
 
 class ClaimLost(Exception):
@@ -75,8 +78,8 @@ class AssistantActor:
 
     async def generate(self, uid: str, message_id: str, keepalive: Msg | None) -> bool:
         """Claim and generate one reply; True when it ended here (so the session's next one may start)."""
-        gen = Generation(message_id=message_id, token=new_id())
-        claim = await self.store.claim_reply(message_id, gen.token, now_ms(), self.lease_ms,
+        token = new_id()
+        claim = await self.store.claim_reply(message_id, token, now_ms(), self.lease_ms,
                                              self.settings.reply_max_attempts)
         if claim.state == "exhausted":
             final = await self.store.finish_reply(message_id, None, "failed", "", now_ms(), error=TIMEOUT_ERROR)
@@ -85,6 +88,9 @@ class AssistantActor:
             return True
         if claim.state != "claimed":
             return claim.state == "gone"
+        assert claim.context is not None
+        ctx = claim.context
+        gen = Generation(token=token, reply=ctx.reply)
 
         # Only the claim holder listens for cancels; one sent before this subscription finds no
         # responder and is retried by the session actor (sessions/cancel.py).
@@ -96,8 +102,7 @@ class AssistantActor:
 
         sub = await self.nc.subscribe(cancel_subject(message_id), cb=on_cancel)
         try:
-            assert claim.context is not None
-            final = await self.write(uid, gen, keepalive, claim.context, claim.restarted)
+            final = await self.write(uid, gen, keepalive, ctx, claim.restarted)
         except BaseException:
             await sub.unsubscribe()
             raise
@@ -132,7 +137,7 @@ class AssistantActor:
     async def write(self, uid: str, gen: Generation, keepalive: Msg | None, ctx: ReplyContext,
                     restarted: bool) -> Message | None:
         """Stream the model's reply into the store and the events; the final message, or None if lost."""
-        sid, gen.seq, gen.reply = ctx.reply.session_id, ctx.reply.seq, ctx.reply
+        sid = ctx.reply.session_id
         status, error, model, usage = "complete", None, None, None
         try:
             gen.task = asyncio.current_task()
@@ -210,7 +215,6 @@ class AssistantActor:
         now = now_ms()
         if not await self.store.save_progress(gen.message_id, gen.token, "", now, self.lease_ms):
             raise ClaimLost
-        assert gen.reply is not None
         streaming = msgspec.structs.replace(gen.reply, status="streaming", content="", updated_at=now)
         await self.events.publish(uid, sid, MessageEvent(message=streaming))
 
@@ -219,6 +223,6 @@ class AssistantActor:
         if len(gen.content) <= gen.published:
             return
         text = gen.content[gen.published:]
-        await self.events.publish(uid, sid, DeltaEvent(message_id=gen.message_id, seq=gen.seq, offset=gen.published,
+        await self.events.publish(uid, sid, DeltaEvent(message_id=gen.message_id, seq=gen.reply.seq, offset=gen.published,
                                                        text=text))
         gen.published = len(gen.content)

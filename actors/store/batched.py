@@ -16,7 +16,7 @@ import structlog
 
 from contracts.errors import Unavailable
 
-from .base import Claim, MessagesPage, NewSend, OutboxItem, ReplyContext, SessionState
+from .base import Claim, MessagesPage, NewSend, OutboxItem, SessionState
 
 log = structlog.get_logger("store")
 MAX_BATCH = 256
@@ -139,9 +139,6 @@ class BatchedStore:
 
     async def claim_reply(self, message_id: str, token: str, now: int, lease_ms: int, max_attempts: int) -> Claim:
         return await self.write(lambda db: self.replies.claim(db, message_id, token, now, lease_ms, max_attempts))
-
-    async def reply_context(self, message_id: str) -> ReplyContext:
-        return await self.read(lambda db: self.replies.context(db, message_id))
 
     async def save_progress(self, message_id: str, token: str, content: str, now: int, lease_ms: int,
                             streaming: bool = True) -> bool:
