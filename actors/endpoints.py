@@ -1,4 +1,7 @@
-"""The `docchat` micro service: subject → decode → the right actor's mailbox. Handlers never await work."""
+"""The `docchat` micro services: subject → decode → the right actor's mailbox. Handlers never await work.
+
+Each partition a host owns has its own service (actors/ownership); the admin subjects have one per host.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from contracts.codec import decode_request
 from contracts.errors import BadRequest, NotFound, TooLarge
 from contracts.requests import (ByDocument, Cancel, GetOrCreate, GetUsage, Grant, ListMessages, Retry, Revoke,
                                 Send)
-from contracts.subjects import GRANT, REVOKE, USAGE, is_token, parse, session_endpoint, user_endpoint
+from contracts.subjects import (GRANT, REVOKE, USAGE, is_token, parse, partition_of, session_endpoint,
+                               user_endpoint)
 
 from . import replies
 from .deps import Call
@@ -41,37 +45,50 @@ class Route:
     check: Callable[[Any], None] | None = None
 
 
-class Endpoints:
-    """Runs the micro service; `async with` starts it, exit stops it (dropping queued requests)."""
+def partition_routes(partition: int, sessions: Directory, users: Directory) -> dict[str, tuple[str, Route]]:
+    """The six request endpoints of one partition (subjects as the server maps them)."""
+    doc = lambda body: check_document_id(body.document_id)  # noqa: E731
+    return {
+        "getOrCreate": (user_endpoint("getOrCreate", partition), Route(GetOrCreate, users, "user", check=doc)),
+        "byDocument": (user_endpoint("byDocument", partition), Route(ByDocument, users, "user", check=doc)),
+        "send": (session_endpoint("send", partition), Route(Send, sessions, "session", MAX_SEND_BODY, check_send)),
+        "messages": (session_endpoint("messages", partition), Route(ListMessages, sessions, "session")),
+        "cancel": (session_endpoint("cancel", partition), Route(Cancel, sessions, "session")),
+        "retry": (session_endpoint("retry", partition), Route(Retry, sessions, "session")),
+    }
 
-    def __init__(self, nc: Client, sessions: Directory, users: Directory, admin: Directory) -> None:
+
+def admin_routes(admin: Directory) -> dict[str, tuple[str, Route]]:
+    """Grants, revokes and usage reports: any host answers them."""
+    doc = lambda body: check_document_id(body.document_id)  # noqa: E731
+    return {
+        "grant": (GRANT, Route(Grant, admin, "admin", check=doc)),
+        "revoke": (REVOKE, Route(Revoke, admin, "admin", check=doc)),
+        "usage": (USAGE, Route(GetUsage, admin, "admin")),
+    }
+
+
+class Endpoints:
+    """One `docchat` micro service over some routes; `async with` starts it, exit stops it."""
+
+    def __init__(self, nc: Client, routes: dict[str, tuple[str, Route]], description: str) -> None:
         self.nc = nc
-        doc = lambda body: check_document_id(body.document_id)  # noqa: E731
-        self.routes: dict[str, tuple[str, Route]] = {
-            "getOrCreate": (user_endpoint("getOrCreate"), Route(GetOrCreate, users, "user", check=doc)),
-            "byDocument": (user_endpoint("byDocument"), Route(ByDocument, users, "user", check=doc)),
-            "send": (session_endpoint("send"), Route(Send, sessions, "session", MAX_SEND_BODY, check_send)),
-            "messages": (session_endpoint("messages"), Route(ListMessages, sessions, "session")),
-            "cancel": (session_endpoint("cancel"), Route(Cancel, sessions, "session")),
-            "retry": (session_endpoint("retry"), Route(Retry, sessions, "session")),
-            "grant": (GRANT, Route(Grant, admin, "admin", check=doc)),
-            "revoke": (REVOKE, Route(Revoke, admin, "admin", check=doc)),
-            "usage": (USAGE, Route(GetUsage, admin, "admin")),
-        }
+        self.routes = routes
+        self.description = description
         self.service: Service | None = None
 
-    async def start(self) -> None:
+    async def start(self, flush: bool = True) -> None:
         self.service = await add_service(self.nc, name="docchat", version=version("docchat"),
-                                         description="AI chat sessions per (user, document)")
+                                         description=self.description)
         for name, (subject, route) in self.routes.items():
             await self.service.add_endpoint(name=name, subject=subject, handler=self.handler(name, route))
-        await self.nc.flush()  # the server knows every subscription before we say we are ready
-        log.info("endpoints_started", service="docchat", endpoints=len(self.routes))
+        if flush:
+            await self.nc.flush()  # the server knows every subscription before we say we are ready
 
     async def stop(self) -> None:
         if self.service is not None:
-            await self.service.stop()
-            self.service = None
+            service, self.service = self.service, None
+            await service.stop()
 
     async def __aenter__(self) -> "Endpoints":
         await self.start()
@@ -97,9 +114,13 @@ class Endpoints:
         """(actor key, envelope) for a request, or raise the error to answer."""
         if len(request.data) > route.max_body:
             raise TooLarge("request body is too large")
-        uid, sid = ("", None) if route.owner == "admin" else parse(request.subject)
-        if route.owner != "admin" and not is_token(uid):
-            raise BadRequest("the user token in the subject is not valid")
+        uid, sid = "", None
+        if route.owner != "admin":
+            uid, partition, sid = parse(request.subject)
+            if not is_token(uid):
+                raise BadRequest("the user token in the subject is not valid")
+            if partition != partition_of(uid):  # published to a mapped subject by hand
+                raise BadRequest("the partition in the subject is not the user's")
         if sid is not None and not is_token(sid):
             raise NotFound("no such session")
         body = decode_request(request.data, route.body)

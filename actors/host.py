@@ -1,8 +1,9 @@
 """The lifespan of one docchat process: build every part, start them in order, stop them in reverse.
 
-Shutdown order (exit runs bottom-up): mailboxes close and actors finish their queues → the auth
-callout stops → the assistant stops (its running replies are handed back) → the relay publishes what
-is left → the micro service stops → the store closes → NATS drains.
+Shutdown order (exit runs bottom-up): the admin service stops → every partition's mailboxes close,
+its actors finish their queues and its service stops (leases are handed back) → the admin actor
+finishes → the auth callout stops → the assistant stops (its running replies are handed back) → the
+relay publishes what is left → the store closes → NATS drains.
 """
 
 from __future__ import annotations
@@ -23,16 +24,15 @@ from gateway.keys import load_keys
 from .access import Access, GrantsAccess, ServiceAccess
 from .assistant.service import Assistant
 from .deps import Deps
-from .endpoints import Endpoints
+from .endpoints import Endpoints, admin_routes
 from .events import Events
 from .limits import Limits
 from .relay import Relay, ensure_stream
+from .ownership import LeasedOwnership, Ownership, StaticOwnership
 from .runtime.directory import Directory
-from .sessions.actor import SessionActor
 from .sessions.admin import AdminActor
-from .sessions.users import UserActor
 from .settings import Settings
-from .store import Store, open_store
+from .store import LeaseStore, Store, open_store
 
 log = structlog.get_logger("host")
 
@@ -44,8 +44,7 @@ class Host:
     settings: Settings
     nc: Client
     store: Store
-    sessions: Directory
-    users: Directory
+    ownership: Ownership
     relay: Relay
 
 
@@ -97,16 +96,12 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         nc = await connect(settings, url, "docchat-actors")
         stack.push_async_callback(nc.drain)
         js = nc.jetstream()
-        await ensure_stream(js)
+        await ensure_stream(js, settings.stream_replicas)
         store = await stack.enter_async_context(open_store(settings))
         relay = Relay(js, store)
         deps = Deps(nc=nc, store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
                     kick_relay=relay.kick, limits=Limits.from_settings(settings))
-        sessions = Directory(lambda key: SessionActor(key, deps), "sessions")
-        users = Directory(lambda key: UserActor(key, deps), "users")
         admin = Directory(lambda key: AdminActor(key, deps), "admin")
-        await stack.enter_async_context(Endpoints(nc, sessions, users, admin))
-        await answering(nc)
         await stack.enter_async_context(relay)
         if settings.run_assistant:
             await stack.enter_async_context(Assistant(nc, store, settings))
@@ -116,9 +111,15 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
             await stack.enter_async_context(AuthCallout(
                 callout_nc, settings, load_keys(settings),
                 on_admit=lambda claims: store.remember_user(claims.uid, claims.sub)))
-        # Entered last, so closed first: new requests get 503 while queued ones finish.
-        for directory in (admin, users, sessions):
-            await stack.enter_async_context(directory)
+        await stack.enter_async_context(admin)
+        # Entered last, so left first: new requests get 503 while queued ones finish.
+        ownership: Ownership
+        if isinstance(store, LeaseStore):  # a store other hosts share: hold partitions by lease
+            ownership = await stack.enter_async_context(LeasedOwnership(deps, store, settings))
+        else:
+            ownership = await stack.enter_async_context(StaticOwnership(deps))
+        await stack.enter_async_context(Endpoints(nc, admin_routes(admin), "docchat administration"))
+        await answering(nc)
         log.info("docchat_ready", nats=url, database="postgresql" if settings.store_url else str(settings.database))
-        yield Host(settings=settings, nc=nc, store=store, sessions=sessions, users=users, relay=relay)
+        yield Host(settings=settings, nc=nc, store=store, ownership=ownership, relay=relay)
         log.info("docchat_stopping")

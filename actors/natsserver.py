@@ -60,6 +60,7 @@ class EmbeddedNats:
     ws_port: int = 0
     http_port: int = 0
     service_password: str = "docchat-dev"
+    name: str = "docchat"  # server_name; unique per node of a cluster
     extra_env: dict[str, str] = field(default_factory=dict)
     conf: Path = CONF
     proc: asyncio.subprocess.Process | None = None
@@ -76,6 +77,7 @@ class EmbeddedNats:
     def env(self) -> dict[str, str]:
         """The DOCCHAT_* variables nats.conf reads."""
         return {
+            "DOCCHAT_NATS_NAME": self.name,
             "DOCCHAT_NATS_HOST": self.host,
             "DOCCHAT_NATS_PORT": str(self.port),
             "DOCCHAT_NATS_WS_PORT": str(self.ws_port),

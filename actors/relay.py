@@ -23,10 +23,10 @@ ACK_TIMEOUT = 5.0  # seconds to wait for JetStream to acknowledge a batch
 DEDUP_WINDOW_SECONDS = 600.0  # longer than any retry of one outbox row
 
 
-async def ensure_stream(js: JetStreamContext) -> None:
-    """Create or update the scheduled-reply work-queue stream."""
+async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
+    """Create or update the scheduled-reply work-queue stream (`replicas`: 3 on a 3-node cluster)."""
     config = StreamConfig(name=REPLY_STREAM, subjects=[f"{REPLY_PREFIX}.>"], retention=RetentionPolicy.WORK_QUEUE,
-                          storage=StorageType.FILE, duplicate_window=DEDUP_WINDOW_SECONDS)
+                          storage=StorageType.FILE, duplicate_window=DEDUP_WINDOW_SECONDS, num_replicas=replicas)
     try:
         await js.add_stream(config)
     except Exception:  # noqa: BLE001 - exists with other settings: bring it to ours

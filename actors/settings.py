@@ -25,6 +25,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     sqlite_inline: bool = False  # run SQLite calls on the event loop thread instead of aiosqlite's
     store_url: str = ""  # empty: SQLite at db_path; postgresql://user@host:port/db: the shared PostgreSQL store
 
+    # Scale-out (PostgreSQL store only): partition leases of this host, and JetStream replicas.
+    host_id: str = ""  # default: hostname-pid; unique per running host
+    lease_seconds: float = 3.0  # a partition lease lasts this long unless renewed
+    lease_renew_seconds: float = 1.0  # how often leases are renewed and membership looked at
+    stream_replicas: int = 1  # replicas of the scheduled-reply stream: 3 on a 3-node cluster
+
     # Session actors.
     mailbox_size: int = 64
     idle_seconds: float = 60.0

@@ -43,24 +43,45 @@ def events_subject(uid: str, sid: str) -> str:
     return session_subject(uid, sid, "events")
 
 
-def user_endpoint(verb: str) -> str:
-    """The wildcard subject the service listens on for a user verb."""
-    return f"{PREFIX}.*.sessions.{verb}"
+# Partitions: the server maps each request subject to `chat.u.{uid}.p.{n}.sessions...` (nats.conf,
+# `partition(64,1)`), so a request reaches the one host that owns partition n of that user.
+PARTITIONS = 64
 
 
-def session_endpoint(verb: str) -> str:
-    """The wildcard subject the service listens on for a session verb."""
-    return f"{PREFIX}.*.sessions.*.{verb}"
+def partition_of(uid: str) -> int:
+    """The user's partition: FNV-1a 32 of the uid mod PARTITIONS, as nats-server's partition() computes it."""
+    h = 0x811C9DC5
+    for byte in uid.encode():
+        h = ((h ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return h % PARTITIONS
 
 
-def parse(subject: str) -> tuple[str, str | None]:
-    """(uid, sid or None) from a request subject; ValueError when it is not one."""
+def routed_user_subject(uid: str, verb: str) -> str:
+    """The mapped form of `user_subject`: where the server delivers it."""
+    return f"{PREFIX}.{uid}.p.{partition_of(uid)}.sessions.{verb}"
+
+
+def user_endpoint(verb: str, partition: int | str = "*") -> str:
+    """The wildcard subject one partition's service listens on for a user verb."""
+    return f"{PREFIX}.*.p.{partition}.sessions.{verb}"
+
+
+def session_endpoint(verb: str, partition: int | str = "*") -> str:
+    """The wildcard subject one partition's service listens on for a session verb."""
+    return f"{PREFIX}.*.p.{partition}.sessions.*.{verb}"
+
+
+class NotRequestSubject(ValueError):
+    """The subject is not one of PROTOCOL.md's request subjects in its mapped form."""
+
+
+def parse(subject: str) -> tuple[str, int, str | None]:
+    """(uid, partition, sid or None) from a mapped request subject; NotRequestSubject otherwise."""
     parts = subject.split(".")
-    if len(parts) == 5 and parts[:2] == ["chat", "u"] and parts[3] == "sessions":
-        return parts[2], None
-    if len(parts) == 6 and parts[:2] == ["chat", "u"] and parts[3] == "sessions":
-        return parts[2], parts[4]
-    raise ValueError(f"not a docchat request subject: {subject!r}")
+    if len(parts) in (7, 8) and parts[:2] == ["chat", "u"] and parts[3] == "p" and parts[5] == "sessions":
+        if parts[4].isdigit() and len(parts[4]) <= 3:
+            return parts[2], int(parts[4]), (parts[6] if len(parts) == 8 else None)
+    raise NotRequestSubject(f"not a docchat request subject: {subject!r}")
 
 
 # Internal subjects: only the service's own processes use them (users get no permission here).

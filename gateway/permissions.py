@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.subjects import SESSION_VERBS, USER_VERBS, is_token, session_subject, user_subject
+from contracts.subjects import PREFIX, SESSION_VERBS, USER_VERBS, is_token, session_subject, user_subject
 
 
 @dataclass(frozen=True)
@@ -26,10 +26,13 @@ def inbox_prefix(uid: str) -> str:
 
 
 def for_user(uid: str) -> UserPermissions:
-    """The request subjects under `chat.u.{uid}.`, its events and its own inbox."""
+    """The request subjects under `chat.u.{uid}.` (as sent and as mapped), its events and its own inbox."""
     if not is_token(uid):
         raise ValueError("uid is not a subject token")
     publish = [user_subject(uid, verb) for verb in USER_VERBS]
     publish += [session_subject(uid, "*", verb) for verb in SESSION_VERBS]
+    # The server checks permissions on the subject after its partition mapping (nats.conf).
+    publish += [f"{PREFIX}.{uid}.p.*.sessions.{verb}" for verb in USER_VERBS]
+    publish += [f"{PREFIX}.{uid}.p.*.sessions.*.{verb}" for verb in SESSION_VERBS]
     subscribe = [session_subject(uid, "*", "events"), inbox_prefix(uid) + ".>"]
     return UserPermissions(tuple(publish), tuple(subscribe))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 
 import msgspec
+import nats.errors
 import pytest
 
-from contracts.subjects import session_subject, user_subject
+from contracts.subjects import partition_of, session_subject, user_subject
 
 
 @pytest.fixture
@@ -121,9 +123,27 @@ async def test_a_full_mailbox_answers_503_and_stores_nothing_for_it(settings, na
         assert [m.seq for m in stored] == list(range(1, 2 * ok + 1))
 
 
+async def test_a_request_to_another_users_partition_is_refused_and_stores_nothing(host, nc, admin, user):
+    await admin.grant("doc", "alice")
+    assert partition_of("alice") == 39
+    code, reply, _ = await raw(nc, "chat.u.alice.p.5.sessions.getOrCreate", b'{"documentId": "doc"}')
+    assert code == "400" and "partition" in reply["error"]["message"]
+    assert await user("alice").by_document("doc") is None
+    code, reply, _ = await raw(nc, "chat.u.alice.p.39.sessions.getOrCreate", b'{"documentId": "doc"}')
+    assert code is None and reply["created"] is True  # the mapped form itself is fine
+
+
 async def test_service_answers_ping_and_info(host, nc):
     ping = json.loads((await nc.request("$SRV.PING.docchat", b"", timeout=2)).data)
     assert ping["name"] == "docchat" and ping["version"] == "0.1.0"
-    info = json.loads((await nc.request("$SRV.INFO.docchat", b"", timeout=2)).data)
-    subjects = {e["subject"] for e in info["endpoints"]}
-    assert "chat.u.*.sessions.*.send" in subjects and "chat.u.*.sessions.getOrCreate" in subjects
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.INFO.docchat", b"", reply=inbox)
+    infos = []
+    with contextlib.suppress(nats.errors.TimeoutError):
+        while True:
+            infos.append(json.loads((await sub.next_msg(timeout=0.5)).data))
+    subjects = {e["subject"] for info in infos for e in info["endpoints"]}
+    assert len(infos) == 65  # one service per partition, one for the admin subjects
+    assert {"chat.u.*.p.39.sessions.*.send", "chat.u.*.p.0.sessions.getOrCreate",
+            "chat.admin.documents.grant"} <= subjects

@@ -34,7 +34,7 @@ class Assistant:
 
     async def __aenter__(self) -> "Assistant":
         warn_if_unconfigured(self.model)
-        await ensure_stream(self.nc.jetstream())
+        await ensure_stream(self.nc.jetstream(), self.settings.stream_replicas)
         self.stack.push_async_callback(self.model.aclose)
         tasks = [asyncio.create_task(self.consumer.run(), name="assistant-consumer"),
                  asyncio.create_task(self.sweeper.run(), name="assistant-sweeper")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .base import Claim, NewSend, OutboxItem, ReplyContext, SessionState, Store
+from .base import Claim, LeaseStore, NewSend, OutboxItem, ReplyContext, SessionState, Store
 from .sqlite import SqliteStore
 
 if TYPE_CHECKING:
@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from .postgres import PostgresStore
 
-__all__ = ["Claim", "NewSend", "OutboxItem", "ReplyContext", "SessionState", "SqliteStore", "Store", "open_store"]
+__all__ = ["Claim", "LeaseStore", "NewSend", "OutboxItem", "ReplyContext", "SessionState", "SqliteStore", "Store", "open_store"]
 
 
 def open_store(settings: "Settings") -> "SqliteStore | PostgresStore":

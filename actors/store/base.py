@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import msgspec
 
@@ -96,3 +96,17 @@ class Store(Protocol):
     # Limits and usage reports.
     async def unfinished_replies(self, uid: str) -> int: ...
     async def usage(self, uid: str, from_ms: int, to_ms: int | None) -> tuple[int, int, int]: ...
+
+
+@runtime_checkable
+class LeaseStore(Protocol):
+    """Partition leases in a store many hosts share (PostgreSQL); see actors/ownership/leases.py."""
+
+    async def heartbeat(self, host: str, ttl_ms: int) -> int: ...  # hosts alive now, this one included
+    async def renew(self, host: str, held: dict[int, int], ttl_ms: int) -> set[int]: ...  # partitions kept
+    async def acquire(self, host: str, count: int, ttl_ms: int) -> dict[int, int]: ...  # partition → new epoch
+    async def release(self, host: str, partition: int, epoch: int) -> None: ...
+    async def goodbye(self, host: str) -> None: ...
+    def fenced(self, partition: int, epoch: int) -> Store:
+        """This store, every write refused unless the lease of partition still has this epoch."""
+        ...

@@ -16,7 +16,8 @@ import structlog
 
 from contracts.errors import Unavailable
 
-from . import postgres_replies, postgres_rows
+from . import postgres_leases, postgres_replies, postgres_rows
+from .base import Store
 from .batched import BatchedStore
 
 T = TypeVar("T")
@@ -26,6 +27,9 @@ SCHEMA = (Path(__file__).parent / "postgres_schema.sql").read_text()
 CONNECT_TIMEOUT = 5.0  # seconds; a database that does not answer is Unavailable, not a hang
 COMMAND_TIMEOUT = 30.0
 SETTINGS = {"synchronous_commit": "on", "application_name": "docchat"}
+# The writer's: a host frozen inside a transaction loses its connection, and the row locks that
+# hold back a new partition owner, after this long (the lease TTL is 3 s by default).
+WRITER_SETTINGS = {**SETTINGS, "idle_in_transaction_session_timeout": "5000"}
 # SQLSTATE classes that condemn the whole transaction, not one op: connection, resources, operator, system.
 FAULT_CLASSES = ("08", "53", "57", "58", "XX")
 
@@ -85,7 +89,7 @@ class PostgresStore(BatchedStore):
 
     async def connect(self) -> asyncpg.Connection:
         """A new connection with the store's session settings (the writer's)."""
-        return await asyncpg.connect(self.url, server_settings=SETTINGS, timeout=CONNECT_TIMEOUT,
+        return await asyncpg.connect(self.url, server_settings=WRITER_SETTINGS, timeout=CONNECT_TIMEOUT,
                                      command_timeout=COMMAND_TIMEOUT)
 
     async def close(self) -> None:
@@ -125,3 +129,58 @@ class PostgresStore(BatchedStore):
             self.writer_db.terminate()  # its state is unknown: the next batch starts on a new connection
             self.writer_db = None
             raise
+
+    # Partition leases (LeaseStore), each call its own short transaction on a pooled connection.
+    async def heartbeat(self, host: str, ttl_ms: int) -> int:
+        return await self.read(lambda db: in_transaction(db, postgres_leases.heartbeat, host, ttl_ms))
+
+    async def renew(self, host: str, held: dict[int, int], ttl_ms: int) -> set[int]:
+        return await self.read(lambda db: postgres_leases.renew(db, host, held, ttl_ms))
+
+    async def acquire(self, host: str, count: int, ttl_ms: int) -> dict[int, int]:
+        async def take(db: asyncpg.Connection) -> dict[int, int]:
+            won: dict[int, int] = {}
+            for _ in range(count):
+                try:
+                    got = await postgres_leases.acquire_one(db, host, ttl_ms)
+                except asyncpg.LockNotAvailableError:  # its last owner is still writing: next tick
+                    continue
+                if got is None:
+                    break
+                won[got[0]] = got[1]
+            return won
+
+        return await self.read(take)
+
+    async def release(self, host: str, partition: int, epoch: int) -> None:
+        await self.read(lambda db: postgres_leases.release(db, host, partition, epoch))
+
+    async def goodbye(self, host: str) -> None:
+        await self.read(lambda db: postgres_leases.goodbye(db, host))
+
+    def fenced(self, partition: int, epoch: int) -> Store:
+        return FencedStore(self, partition, epoch)
+
+
+async def in_transaction(db: asyncpg.Connection, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    async with db.transaction():
+        return await fn(db, *args)
+
+
+class FencedStore(BatchedStore):
+    """A PostgresStore whose every write first checks, in its own transaction, that the lease of one
+    partition still has the epoch this host took it with (postgres_leases.check)."""
+
+    def __init__(self, base: PostgresStore, partition: int, epoch: int) -> None:
+        self.base, self.partition, self.epoch = base, partition, epoch
+        self.rows, self.replies = base.rows, base.replies
+
+    async def read(self, op: Op) -> Any:
+        return await self.base.read(op)
+
+    async def write(self, op: Op) -> Any:
+        async def fenced(db: asyncpg.Connection) -> Any:
+            await postgres_leases.check(db, self.partition, self.epoch)
+            return await op(db)
+
+        return await self.base.write(fenced)

@@ -67,3 +67,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     dedup_id   TEXT NOT NULL,
     created_at BIGINT NOT NULL
 );
+
+-- Scale-out: one lease per partition of users (contracts.subjects.PARTITIONS = 64, numbered 0..63).
+-- Taking a lease bumps epoch and copies it to partition_fence, which every write of a partition's
+-- actors share-locks and checks (postgres_leases.check). Renewals touch only partition_lease, so
+-- they never wait for writes; taking a lease waits for the last owner's open write to end.
+CREATE TABLE IF NOT EXISTS partition_lease (
+    p          INTEGER PRIMARY KEY,
+    owner      TEXT,
+    epoch      BIGINT NOT NULL DEFAULT 0,
+    expires_at TIMESTAMPTZ NOT NULL DEFAULT 'epoch'
+);
+INSERT INTO partition_lease (p) SELECT generate_series(0, 63) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS partition_fence (
+    p     INTEGER PRIMARY KEY,
+    epoch BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO partition_fence (p) SELECT generate_series(0, 63) ON CONFLICT DO NOTHING;
+
+-- Live hosts (heartbeats): each takes about 64 / (live hosts) partitions.
+CREATE TABLE IF NOT EXISTS hosts (
+    id      TEXT PRIMARY KEY,
+    seen_at TIMESTAMPTZ NOT NULL
+);

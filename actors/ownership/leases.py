@@ -1,0 +1,124 @@
+"""Partitions held by leases in the shared store, spread evenly over the live hosts.
+
+Every `renew_seconds` a host says it is alive, renews the leases it holds, lets go of partitions
+beyond its fair share (ceil(PARTITIONS / live hosts)) and takes free or expired ones up to it.
+Taking a lease bumps its epoch; every write of a partition's actors checks that epoch in its own
+transaction (FencedStore), so a host that lost a lease, even one frozen and woken, writes nothing.
+A host also stops serving a partition once its lease may have expired by its own clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import math
+import os
+import socket
+import time
+
+import structlog
+
+from contracts.subjects import PARTITIONS
+
+from ..deps import Deps
+from ..runtime.tasks import cancel_and_wait
+from ..settings import Settings
+from ..store import LeaseStore
+from .partition import Ownership
+
+log = structlog.get_logger("ownership")
+MARGIN = 0.5  # seconds of a lease we never use, for clock drift between this host and the database
+
+
+class LeasedOwnership(Ownership):
+    """Holds partition leases while entered; exit hands every partition over and says goodbye."""
+
+    def __init__(self, deps: Deps, leases: LeaseStore, settings: Settings) -> None:
+        super().__init__(deps)
+        self.leases = leases
+        self.host = settings.host_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.ttl_ms = int(settings.lease_seconds * 1000)
+        self.every = settings.lease_renew_seconds
+        self.valid_until: dict[int, float] = {}  # monotonic time after which we stop serving a partition
+        self.task: asyncio.Task[None] | None = None
+        self.kick = asyncio.Event()
+        self.live_hosts = 0
+
+    async def __aenter__(self) -> "LeasedOwnership":
+        await self.tick()
+        self.task = asyncio.create_task(self.run(), name="leases")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.task is not None:
+            await cancel_and_wait([self.task])
+        held = {n: p.epoch for n, p in self.partitions.items()}
+        await self.leave_all()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                for number, epoch in held.items():
+                    await self.leases.release(self.host, number, epoch or 0)
+                await self.leases.goodbye(self.host)
+        log.info("partitions_released", host=self.host, count=len(held))
+
+    async def run(self) -> None:
+        """Tick until cancelled; a tick that fails or hangs is logged, and expired partitions stop."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.every):
+                    await self.kick.wait()
+            self.kick.clear()
+            try:
+                async with asyncio.timeout(self.ttl_ms / 2000):
+                    await self.tick()
+            except Exception as exc:  # noqa: BLE001 - the store may be down: try again next tick
+                log.warning("lease_tick_failed", host=self.host, error=repr(exc))
+            await self.expire()
+
+    async def tick(self) -> None:
+        """Heartbeat, renew, then move toward this host's fair share of partitions."""
+        sent = time.monotonic()
+        self.live_hosts = max(1, await self.leases.heartbeat(self.host, self.ttl_ms))
+        held = {n: p.epoch or 0 for n, p in self.partitions.items()}
+        kept = await self.leases.renew(self.host, held, self.ttl_ms) if held else set()
+        for number in held:
+            if number in kept:
+                self.valid_until[number] = sent + self.ttl_ms / 1000 - MARGIN
+            else:
+                log.warning("partition_lost", host=self.host, partition=number)
+                await self.drop(number, timeout=1.0)
+        share = math.ceil(PARTITIONS / self.live_hosts)
+        extra = len(self.partitions) - share
+        if extra > 0:
+            for number in sorted(self.partitions, reverse=True)[:extra]:
+                await self.hand_over(number)
+        elif extra < 0:
+            won = await self.leases.acquire(self.host, -extra, self.ttl_ms)
+            for number, epoch in won.items():
+                await self.serve(number, dataclasses.replace(self.deps, store=self.leases.fenced(number, epoch)),
+                                 epoch, flush=False)
+                self.valid_until[number] = sent + self.ttl_ms / 1000 - MARGIN
+            if won:
+                await self.deps.nc.flush()
+                log.info("partitions_taken", host=self.host, partitions=sorted(won), held=len(self.partitions),
+                         live_hosts=self.live_hosts)
+
+    async def hand_over(self, number: int) -> None:
+        """Drain the partition's actors, stop its service, then free the lease for another host."""
+        epoch = self.partitions[number].epoch or 0
+        await self.drop(number)
+        await self.leases.release(self.host, number, epoch)
+        log.info("partition_handed_over", host=self.host, partition=number, live_hosts=self.live_hosts)
+
+    async def drop(self, number: int, timeout: float = 10.0) -> None:
+        self.valid_until.pop(number, None)
+        await self.leave(number, timeout)
+
+    async def expire(self) -> None:
+        """Stop serving every partition whose lease may have run out while we could not renew it."""
+        now = time.monotonic()
+        for number, until in list(self.valid_until.items()):
+            if now > until:
+                log.warning("partition_expired", host=self.host, partition=number)
+                await self.drop(number, timeout=1.0)
