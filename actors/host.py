@@ -49,7 +49,9 @@ class Host:
 
 
 async def connect(settings: Settings, url: str, name: str, user: str = "", password: str = "") -> Client:
-    """A service connection (the service user unless told otherwise) that never gives up reconnecting."""
+    """A service connection (the service user unless told otherwise) that never gives up reconnecting.
+
+    url may list several servers of one cluster, comma-separated."""
     async def on_error(exc: Exception) -> None:
         log.warning("nats_error", connection=name, error=str(exc))
 
@@ -63,7 +65,7 @@ async def connect(settings: Settings, url: str, name: str, user: str = "", passw
         log.info("nats_reconnected", connection=name)
 
     nc = nats.NATS()
-    await nc.connect(url, user=user or settings.nats_user, password=password or settings.service_password,
+    await nc.connect(url.split(","), user=user or settings.nats_user, password=password or settings.service_password,
                      name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
                      disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)
     return nc

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from typing import Any, TypeVar
 
+import nats.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import requests as rq
 from .codec import decoder, encode, error_decoder, event_decoder
-from .errors import DocchatError, from_detail
+from .errors import DocchatError, Unavailable, from_detail
 from .events import AnyEvent
 from .models import Message, Session
 from .subjects import GRANT, REVOKE, USAGE, events_subject, session_subject, user_subject, user_token
@@ -25,16 +29,32 @@ def raise_for_error(msg: Msg) -> None:
 
 
 class DocchatClient:
-    """Calls docchat as one user (`sub`); a trusted service may make one per user it acts for."""
+    """Calls docchat as one user (`sub`); a trusted service may make one per user it acts for.
 
-    def __init__(self, nc: Client, sub: str, timeout: float = 5.0) -> None:
+    With `retry_for` > 0 a call that meets no responder, a timeout or a 503 is sent again (after a
+    short pause) until that many seconds have passed: what a caller wants while a partition moves
+    between hosts. Sends then carry a clientMessageId, so a repeat is answered, never stored twice.
+    """
+
+    def __init__(self, nc: Client, sub: str, timeout: float = 5.0, retry_for: float = 0.0) -> None:
         self.nc, self.sub, self.uid, self.timeout = nc, sub, user_token(sub), timeout
+        self.retry_for = retry_for
 
     async def call(self, subject: str, body: Any, reply: type[T]) -> T:
         """Request-reply with typed bodies; a docchat error is raised as its DocchatError subclass."""
-        msg = await self.nc.request(subject, encode(body), timeout=self.timeout)
-        raise_for_error(msg)
-        return decoder(reply).decode(msg.data)
+        data = encode(body)
+        deadline = time.monotonic() + self.retry_for
+        pause = 0.05
+        while True:
+            try:
+                msg = await self.nc.request(subject, data, timeout=self.timeout)
+                raise_for_error(msg)
+                return decoder(reply).decode(msg.data)
+            except (nats.errors.NoRespondersError, nats.errors.TimeoutError, Unavailable):
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 0.5)
 
     async def get_or_create(self, document_id: str) -> rq.SessionReply:
         return await self.call(user_subject(self.uid, "getOrCreate"), rq.GetOrCreate(document_id=document_id),
@@ -47,6 +67,8 @@ class DocchatClient:
 
     async def send(self, sid: str, content: str, document_xml: str = "",
                    client_message_id: str | None = None) -> rq.SendReply:
+        if client_message_id is None and self.retry_for > 0:
+            client_message_id = uuid.uuid4().hex  # a retried send must not be stored twice
         body = rq.Send(content=content, document_xml=document_xml, client_message_id=client_message_id)
         return await self.call(session_subject(self.uid, sid, "send"), body, rq.SendReply)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Iterator
 
 import hypothesis  # noqa: F401 - imported here: its late import at summary time crashes 3.11.7's AST rewrite
 import nats
@@ -16,6 +16,7 @@ from actors.natsserver import EmbeddedNats
 from actors.settings import Settings, from_env
 from contracts.client import AdminClient, DocchatClient
 from gateway.keys import CalloutKeys, server_env
+from tests.pgserver import PgServer, bin_dir
 
 SERVICE_PASSWORD = "test-service-password"
 CALLOUT_PASSWORD = "test-callout-password"
@@ -34,6 +35,14 @@ async def nats_server(tmp_path_factory: pytest.TempPathFactory, callout_keys: Ca
     server = EmbeddedNats(store_dir=tmp_path_factory.mktemp("jetstream"), service_password=SERVICE_PASSWORD,
                           extra_env=server_env(callout_keys, CALLOUT_PASSWORD))
     async with server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One PostgreSQL server for the run, started when a test first asks (tests/setup-postgres installs it)."""
+    assert bin_dir() is not None, "PostgreSQL is not installed: run tests/setup-postgres (./dev test does)"
+    with PgServer() as server:
         yield server
 
 

@@ -7,6 +7,7 @@ dir sits in /tmp (pytest's own tmp dirs are 0700 root) and is owned by that user
 from __future__ import annotations
 
 import glob
+import itertools
 import os
 import pwd
 import shutil
@@ -14,6 +15,8 @@ import socket
 import subprocess
 import tempfile
 from pathlib import Path
+
+import asyncpg
 
 
 def bin_dir() -> Path | None:
@@ -80,3 +83,17 @@ class PgServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+DATABASES = itertools.count(1)
+
+
+async def new_database(server: PgServer) -> str:
+    """A fresh empty database on the server; its URL."""
+    name = f"t{next(DATABASES)}"
+    admin = await asyncpg.connect(server.url())
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    return server.url(name)

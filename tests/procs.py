@@ -86,6 +86,17 @@ class DocchatProcess:
                     raise
                 await asyncio.sleep(0.1)
 
+    async def terminate(self, timeout: float = 30.0) -> None:
+        """SIGTERM: a clean shutdown (partitions handed over); SIGKILL if it takes longer than timeout."""
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            async with asyncio.timeout(timeout):
+                await self.proc.wait()
+        except TimeoutError:
+            await self.kill()
+            raise
+
     async def kill(self) -> None:
         """SIGKILL: no shutdown code runs, exactly like a crash or the OOM killer."""
         if self.proc.returncode is None:

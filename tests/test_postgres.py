@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
-from typing import Iterator
 
 import asyncpg
 import msgspec
@@ -21,7 +19,7 @@ from actors.settings import Settings
 from actors.store import open_store
 from actors.store.postgres import PostgresStore
 from contracts.errors import Unavailable
-from tests.pgserver import PgServer, bin_dir
+from tests.pgserver import PgServer, new_database
 from tests.test_access import (  # noqa: F401 - tests and fixtures, run again here
     documents, service_settings, test_a_hashed_user_admitted_by_the_callout_keeps_its_sub,
     test_no_documents_service_is_a_503_and_stores_nothing,
@@ -38,28 +36,6 @@ from tests.test_sessions import *  # noqa: F401,F403
 from tests.test_store import check_messages_page
 from tests.test_usage import (  # noqa: F401
     test_usage_reply_on_the_wire_and_bad_requests, test_usage_sums_the_models_token_counts_over_a_time_range)
-
-DATABASES = itertools.count(1)
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PgServer]:
-    """One PostgreSQL server for the run (tests/setup-postgres installs it)."""
-    assert bin_dir() is not None, "PostgreSQL is not installed: run tests/setup-postgres (./dev test does)"
-    with PgServer() as server:
-        yield server
-
-
-async def new_database(server: PgServer) -> str:
-    """A fresh empty database on the server; its URL."""
-    name = f"t{next(DATABASES)}"
-    admin = await asyncpg.connect(server.url())
-    try:
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    return server.url(name)
-
 
 @pytest.fixture
 async def settings(settings: Settings, postgres: PgServer) -> Settings:
