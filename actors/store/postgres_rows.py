@@ -175,9 +175,17 @@ async def has_grant(db: Connection, uid: str, document_id: str) -> bool:
                              uid, pack(document_id))
 
 
+NOW_MS = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+RELAY_CLAIM_MS = 10_000  # a host that took rows and vanished leaves them to another after this
+
+
 async def outbox_pending(db: Connection, limit: int) -> list[OutboxItem]:
-    found = await db.fetch("SELECT id, subject, payload, dedup_id FROM outbox ORDER BY id LIMIT $1", limit)
-    return [OutboxItem(r[0], r[1], bytes(r[2]), r[3]) for r in found]
+    """Claim the oldest rows no other host's relay is publishing, so each row is published once."""
+    found = await db.fetch(
+        f"UPDATE outbox SET claimed_until = {NOW_MS} + $2 WHERE id IN (SELECT id FROM outbox"
+        f" WHERE claimed_until < {NOW_MS} ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)"
+        " RETURNING id, subject, payload, dedup_id", limit, RELAY_CLAIM_MS)
+    return sorted((OutboxItem(r[0], r[1], bytes(r[2]), r[3]) for r in found), key=lambda i: i.id)
 
 
 async def outbox_done(db: Connection, ids: list[int]) -> None:

@@ -65,8 +65,10 @@ CREATE TABLE IF NOT EXISTS outbox (
     subject    TEXT NOT NULL,
     payload    BYTEA NOT NULL,
     dedup_id   TEXT NOT NULL,
-    created_at BIGINT NOT NULL
+    created_at BIGINT NOT NULL,
+    claimed_until BIGINT NOT NULL DEFAULT 0  -- a host's relay is publishing it until then (ms)
 );
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS claimed_until BIGINT NOT NULL DEFAULT 0;
 
 -- Scale-out: one lease per partition of users (contracts.subjects.PARTITIONS = 64, numbered 0..63).
 -- Taking a lease bumps epoch and copies it to partition_fence, which every write of a partition's
