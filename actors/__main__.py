@@ -100,6 +100,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("token", help="print a dev application JWT for a user (the dev secret of --data-dir)")
     t.add_argument("sub")
     t.add_argument("--ttl", type=float, default=3600.0, help="seconds until it expires")
+    c = sub.add_parser("cluster", help="a local demo: 3 NATS nodes, PostgreSQL and N hosts sharing it")
+    c.add_argument("--hosts", type=int, default=2)
     sub.add_parser("load", help="drive a running docchat with load and compare to the NATS echo floor (see --help)")
     sub.add_parser("bench-sessions", help="create many sessions, let them idle, measure RSS and re-activation")
     g = sub.add_parser("grant", help="grant (or --revoke) a user's access to a document")
@@ -129,6 +131,10 @@ def main(argv: list[str] | None = None) -> int:
     settings = with_dev_secret(settings)
     if args.command == "serve":
         asyncio.run(serve(settings))
+    elif args.command == "cluster":
+        from .localcluster import run_cluster
+
+        asyncio.run(run_cluster(settings, args.hosts))
     elif args.command == "assistant":
         asyncio.run(assistant_only(settings))
     elif args.command == "token":

@@ -48,7 +48,8 @@ class AuthCallout:
     async def start(self) -> None:
         """Subscribe to the callout subject (idempotent); flushes so the server knows before return."""
         if self._sub is None:
-            self._sub = await self._nc.subscribe(SUBJECT, cb=self._on_request)
+            # A queue group: with several hosts, one of them answers each connecting client.
+            self._sub = await self._nc.subscribe(SUBJECT, queue="docchat-callout", cb=self._on_request)
             await self._nc.flush()
             log.info("callout_started", account=self._account, issuer=self._keys.signer.public_key)
 

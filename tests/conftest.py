@@ -16,7 +16,7 @@ from actors.natsserver import EmbeddedNats
 from actors.settings import Settings, from_env
 from contracts.client import AdminClient, DocchatClient
 from gateway.keys import CalloutKeys, server_env
-from tests.pgserver import PgServer, bin_dir
+from actors.pgserver import PgServer, bin_dir
 
 SERVICE_PASSWORD = "test-service-password"
 CALLOUT_PASSWORD = "test-callout-password"

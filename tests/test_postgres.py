@@ -19,7 +19,7 @@ from actors.settings import Settings
 from actors.store import open_store
 from actors.store.postgres import PostgresStore
 from contracts.errors import Unavailable
-from tests.pgserver import PgServer, new_database
+from actors.pgserver import PgServer, new_database
 from tests.test_access import (  # noqa: F401 - tests and fixtures, run again here
     documents, service_settings, test_a_hashed_user_admitted_by_the_callout_keeps_its_sub,
     test_no_documents_service_is_a_503_and_stores_nothing,
