@@ -8,9 +8,12 @@ from typing import Protocol
 import msgspec
 import nats.errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 
 from contracts.codec import encode
 from contracts.errors import Forbidden, Unavailable
+from contracts.subjects import ACCESS_CHANGED
 
 from .store import Store
 
@@ -27,8 +30,8 @@ class Access(Protocol):
 class GrantsAccess:
     """Access while a grant exists in the store (chat.admin.documents.grant / revoke).
 
-    A found grant is remembered for `cache_seconds`; grants and revokes made through this process
-    take effect at once, those of another host sharing the store within `cache_seconds`.
+    A found grant is remembered for `cache_seconds`; a grant or revoke takes effect at once on every
+    host, which hears of it on ACCESS_CHANGED (`listen_for_changes`).
     """
 
     MAX_CACHED = 100_000
@@ -100,3 +103,30 @@ class ServiceAccess:
             return self.decoder.decode(msg.data).allowed
         except (nats.errors.Error, msgspec.DecodeError, TimeoutError) as exc:
             raise Unavailable("documents service unavailable, retry") from exc
+
+
+class AccessChanged(msgspec.Struct, frozen=True, rename="camel"):
+    """Published on ACCESS_CHANGED after a grant or revoke commits."""
+
+    uid: str
+    document_id: str
+
+
+changed_decoder = msgspec.json.Decoder(AccessChanged)
+
+
+async def announce_change(nc: Client, uid: str, document_id: str) -> None:
+    """Tell every host to forget what it remembers of this (user, document)."""
+    await nc.publish(ACCESS_CHANGED, encode(AccessChanged(uid=uid, document_id=document_id)))
+
+
+async def listen_for_changes(nc: Client, access: Access) -> Subscription:
+    """Forget cached answers that any host's grant or revoke changed; unsubscribe to stop."""
+    async def on_change(msg: Msg) -> None:
+        try:
+            change = changed_decoder.decode(msg.data)
+        except msgspec.DecodeError:
+            return
+        access.forget(change.uid, change.document_id)
+
+    return await nc.subscribe(ACCESS_CHANGED, cb=on_change)

@@ -21,7 +21,7 @@ from nats.aio.client import Client
 from gateway.callout import AuthCallout
 from gateway.keys import load_keys
 
-from .access import Access, GrantsAccess, ServiceAccess
+from .access import Access, GrantsAccess, ServiceAccess, listen_for_changes
 from .assistant.service import Assistant
 from .deps import Deps
 from .endpoints import Endpoints, admin_routes
@@ -103,6 +103,8 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
         relay = Relay(js, store)
         deps = Deps(nc=nc, store=store, events=Events(nc), access=make_access(settings, nc, store), settings=settings,
                     kick_relay=relay.kick, limits=Limits.from_settings(settings))
+        changes = await listen_for_changes(nc, deps.access)
+        stack.push_async_callback(changes.unsubscribe)
         admin = Directory(lambda key: AdminActor(key, deps), "admin")
         await stack.enter_async_context(relay)
         if settings.run_assistant:

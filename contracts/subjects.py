@@ -94,6 +94,9 @@ def reply_subject(sid: str) -> str:
     return f"{REPLY_PREFIX}.{sid}"
 
 
+ACCESS_CHANGED = "chat.internal.access.changed"  # a grant or revoke: every host forgets its cached answer
+
+
 def cancel_subject(message_id: str) -> str:
     """Where the assistant generating message_id listens for a cancel."""
     return f"chat.internal.cancel.{message_id}"

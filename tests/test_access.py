@@ -88,3 +88,26 @@ async def test_a_hashed_user_admitted_by_the_callout_keeps_its_sub(service_setti
             await conn.close()
     assert session.user_id == sub
     assert asked[-1]["userId"] == sub and asked[-1]["uid"] == uid
+
+
+async def test_a_revoke_made_by_another_host_takes_effect_at_once_here(settings, nats_server, nc, admin, user):
+    from actors.access import announce_change
+
+    cached = msgspec.structs.replace(settings, access_cache_seconds=60.0)
+    async with running(cached, nats_server.url) as h:
+        await admin.grant("doc", "alice")
+        await admin.grant("doc", "bob")
+        alice, bob = user("alice"), user("bob")
+        a = (await alice.get_or_create("doc")).session.id
+        b = (await bob.get_or_create("doc")).session.id
+        await alice.send(a, "one")
+        await bob.send(b, "one")
+        # Another host sharing the store revokes: the rows go, this host only hears the announcement.
+        await h.store.revoke("alice", "doc")
+        await h.store.revoke("bob", "doc")
+        await announce_change(nc, "alice", "doc")
+        await nc.flush()
+        await asyncio.sleep(0.05)
+        with pytest.raises(Forbidden):
+            await alice.send(a, "two")
+        await bob.send(b, "two")  # no announcement for bob: the remembered grant still holds (60 s)
