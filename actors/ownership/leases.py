@@ -63,25 +63,29 @@ class LeasedOwnership(Ownership):
         log.info("partitions_released", host=self.host, count=len(held))
 
     async def run(self) -> None:
-        """Tick until cancelled; a tick that fails or hangs is logged, and expired partitions stop."""
+        """Tick until cancelled; a tick that fails is logged, and partitions whose lease ran out stop."""
         while True:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.every):
                     await self.kick.wait()
             self.kick.clear()
             try:
-                async with asyncio.timeout(self.ttl_ms / 2000):
-                    await self.tick()
+                await self.tick()
             except Exception as exc:  # noqa: BLE001 - the store may be down: try again next tick
                 log.warning("lease_tick_failed", host=self.host, error=repr(exc))
             await self.expire()
 
+    def asking(self) -> asyncio.Timeout:
+        """A bound on one call to the lease store: a hung database must not hold back `expire`."""
+        return asyncio.timeout(self.ttl_ms / 2000)
+
     async def tick(self) -> None:
         """Heartbeat, renew, then move toward this host's fair share of partitions."""
         sent = time.monotonic()
-        self.live_hosts = max(1, await self.leases.heartbeat(self.host, self.ttl_ms))
         held = {n: p.epoch or 0 for n, p in self.partitions.items()}
-        kept = await self.leases.renew(self.host, held, self.ttl_ms) if held else set()
+        async with self.asking():
+            self.live_hosts = max(1, await self.leases.heartbeat(self.host, self.ttl_ms))
+            kept = await self.leases.renew(self.host, held, self.ttl_ms) if held else set()
         for number in held:
             if number in kept:
                 self.valid_until[number] = sent + self.ttl_ms / 1000 - MARGIN
@@ -94,7 +98,8 @@ class LeasedOwnership(Ownership):
             for number in sorted(self.partitions, reverse=True)[:extra]:
                 await self.hand_over(number)
         elif extra < 0:
-            won = await self.leases.acquire(self.host, -extra, self.ttl_ms)
+            async with self.asking():
+                won = await self.leases.acquire(self.host, -extra, self.ttl_ms)
             for number, epoch in won.items():
                 await self.serve(number, dataclasses.replace(self.deps, store=self.leases.fenced(number, epoch)),
                                  epoch, flush=False)
@@ -108,7 +113,8 @@ class LeasedOwnership(Ownership):
         """Drain the partition's actors, stop its service, then free the lease for another host."""
         epoch = self.partitions[number].epoch or 0
         await self.drop(number)
-        await self.leases.release(self.host, number, epoch)
+        async with self.asking():
+            await self.leases.release(self.host, number, epoch)
         log.info("partition_handed_over", host=self.host, partition=number, live_hosts=self.live_hosts)
 
     async def drop(self, number: int, timeout: float = 10.0) -> None:

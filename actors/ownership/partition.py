@@ -33,8 +33,10 @@ class Partition:
 
     async def stop(self, timeout: float = 10.0) -> None:
         """New requests get 503 while queued ones finish (up to timeout); then the service leaves."""
-        await asyncio.gather(self.sessions.close(timeout), self.users.close(timeout))
-        await self.endpoints.stop()
+        try:
+            await asyncio.gather(self.sessions.close(timeout), self.users.close(timeout))
+        finally:
+            await self.endpoints.stop()
 
 
 class Ownership:
@@ -50,7 +52,11 @@ class Ownership:
 
     async def serve(self, number: int, deps: Deps, epoch: int | None = None, flush: bool = True) -> None:
         partition = Partition(number, deps, epoch)
-        await partition.start(flush)
+        try:
+            await partition.start(flush)
+        except BaseException:
+            await partition.stop(0)  # no half-subscribed service left behind
+            raise
         self.partitions[number] = partition
 
     async def leave(self, number: int, timeout: float = 10.0) -> None:
