@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--hosts", type=int, default=2)
     sub.add_parser("load", help="drive a running docchat with load and compare to the NATS echo floor (see --help)")
     sub.add_parser("bench-sessions", help="create many sessions, let them idle, measure RSS and re-activation")
+    sub.add_parser("bench-scale", help="1, 2, 4 CPU-capped hosts on 3 NATS nodes and PostgreSQL: T(N)/(N·T(1))")
     g = sub.add_parser("grant", help="grant (or --revoke) a user's access to a document")
     g.add_argument("document_id")
     g.add_argument("sub")
@@ -114,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("load", "bench-sessions"):  # the load tools parse their own options
+    if argv and argv[0] in ("load", "bench-sessions", "bench-scale"):  # the load tools parse their own options
         from bench.cli import main as bench_main
 
         return bench_main(argv)

@@ -37,7 +37,8 @@ def free_port() -> int:
 class PgServer:
     """`with PgServer() as pg:` a running server; `pg.url(db)` is its postgresql:// URL for database db."""
 
-    def __init__(self) -> None:
+    def __init__(self, fsync: bool = False) -> None:
+        self.fsync = fsync  # off by default: tests need speed, not durability across an OS crash
         self.bin = bin_dir()
         self.dir = Path(tempfile.mkdtemp(prefix="docchat-pg-"))
         self.port = free_port()
@@ -57,9 +58,10 @@ class PgServer:
 
     def launch(self) -> None:
         """Start the initialised server (again, after `kill`)."""
-        # fsync=off only makes the tests fast; synchronous_commit stays on as the store demands.
+        # fsync=off (the default) only makes the tests fast; synchronous_commit stays on as the store demands.
+        fsync = "on" if self.fsync else "off"
         self.run("pg_ctl", "-D", str(self.dir / "data"), "-w", "-l", str(self.dir / "log"), "start", "-o",
-                 f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200")
+                 f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=200")
 
     def kill(self) -> None:
         """Stop at once, as a crash would (no shutdown checkpoint)."""

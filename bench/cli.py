@@ -1,8 +1,10 @@
-"""Command line of the bench: `load` (load generator + echo floor) and `sessions` (100k idle sessions).
+"""Command line of the bench: `load` (load generator + echo floor), `sessions` (100k idle sessions) and
+`bench-scale` (1, 2, 4 CPU-capped hosts on a 3-node cluster with PostgreSQL).
 
     docchat load --spawn -c 16,128 --mix send=1 --duration 10 --floor --json out.json
     docchat load --nats-url nats://127.0.0.1:4222 --rate 2000 --duration 30 --mix send=0.8,messages=0.2
     docchat bench-sessions --spawn --sessions 100000 --idle-seconds 10
+    docchat bench-scale --hosts 1,2,4 --reps 3 --duration 10 --cpu-share 0.2 --json scale.json
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from contracts.errors import DocchatError
 
 from .echo import ECHO_PREFIX, set_sizes, spawn_echo
 from .load import Load, LoadConfig, log, parse_mix
+from .scale import ScaleConfig, run_scale
 from .sessions import SessionsConfig, format_sessions, run_sessions
 from .spawn import CpuMeter, Endpoint, spawned, stop_process, wait_cpu_idle
 from .stats import compare, format_compare, format_report
@@ -48,7 +51,7 @@ def common(p: argparse.ArgumentParser) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    """The `load` and `sessions` (alias `bench-sessions`) subcommands."""
+    """The `load`, `sessions` (alias `bench-sessions`) and `bench-scale` subcommands."""
     p = argparse.ArgumentParser(prog="docchat", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
     lp = sub.add_parser("load", help="drive docchat with a send/messages mix and report latency and req/s")
@@ -82,6 +85,24 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--idle-wait", type=float, default=0.0,
                     help="seconds to wait for passivation (default: idle seconds + 10)")
     sp.add_argument("--sample", type=int, default=1000, help="sessions woken one at a time")
+    sc = sub.add_parser("bench-scale", help="1, 2, 4 CPU-capped hosts on a 3-node NATS cluster and PostgreSQL")
+    sc.add_argument("--hosts", default="1,2,4", help="host counts N to run, e.g. 1,2,4")
+    sc.add_argument("--reps", type=int, default=3, help="repetitions of every N (order alternates); medians")
+    sc.add_argument("--duration", type=float, default=10.0, help="measured seconds per run")
+    sc.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds per run, after the cap is on")
+    sc.add_argument("-c", "--concurrency", type=int, default=64, help="closed-loop send workers")
+    sc.add_argument("--per-host", action="store_true",
+                    help="-c is per host: N hosts get N×C workers (the same queue depth, so batching, per host)")
+    sc.add_argument("--users", type=int, default=1024, help="users, one session each (spread over 64 partitions)")
+    sc.add_argument("--cpu-share", type=float, default=0.2,
+                    help="cgroup cap per host in cores (0: uncapped, no capacity figure)")
+    sc.add_argument("--assistant", action=argparse.BooleanOptionalAction, default=True,
+                    help="each host runs its assistant (offline model)")
+    sc.add_argument("--pg-fsync", action=argparse.BooleanOptionalAction, default=True,
+                    help="PostgreSQL with fsync on (honest) or off (as the tests run it)")
+    sc.add_argument("--timeout", type=float, default=5.0, help="request timeout in seconds")
+    sc.add_argument("--json", metavar="FILE", help="write the results as JSON to FILE")
+    sc.add_argument("--quiet", action="store_true", help="no per-second progress lines")
     return p
 
 
@@ -170,6 +191,14 @@ async def load_command(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def scale_config(args: argparse.Namespace) -> ScaleConfig:
+    """ScaleConfig from the `bench-scale` options."""
+    return ScaleConfig(hosts=[int(n) for n in numbers(args.hosts)], reps=args.reps, duration=args.duration,
+                       warmup=args.warmup, concurrency=args.concurrency, per_host=args.per_host, users=args.users,
+                       cpu_share=args.cpu_share, assistant=args.assistant, pg_fsync=args.pg_fsync, timeout=args.timeout,
+                       progress=not args.quiet)
+
+
 async def sessions_command(args: argparse.Namespace) -> dict[str, Any]:
     """The idle-sessions scenario against the target."""
     idle_wait = args.idle_wait or (args.idle_seconds + 10 if args.spawn else 70.0)
@@ -187,7 +216,7 @@ async def sessions_command(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: argv starts with the subcommand (`load`, `sessions` or `bench-sessions`)."""
+    """Entry point: argv starts with the subcommand (`load`, `sessions`, `bench-sessions` or `bench-scale`)."""
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     from actors.logs import configure
 
@@ -195,9 +224,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "load":
             result = asyncio.run(load_command(args))
+        elif args.command == "bench-scale":
+            result = asyncio.run(run_scale(scale_config(args)))
         else:
             result = asyncio.run(sessions_command(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # bench-scale turns SIGTERM into a cancel
         return 130
     except (ValueError, RuntimeError, OSError, DocchatError, NatsError) as exc:
         print(f"docchat {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -28,3 +28,35 @@ async def test_echo_floor_answers_the_same_mix(nc):
     assert report["errors"] == {}
     assert sum(e["count"] for e in report["endpoints"].values()) == 60
     assert report["endpoints"]["messages"]["mean_reply_bytes"] == 1000
+
+
+def scale_run(tag, hosts: dict[str, int], sends_per_s: float, idle_cores: float = 1.0):
+    """bench.scale.measure over a synthetic 10 s window: each host 0.2 core, `hosts` maps host → nr_throttled."""
+    from collections import Counter
+
+    from bench.scale import measure
+
+    def sample(t: float, throttled: dict[str, int]) -> dict:
+        return {"hosts": {h: 0.2 * t for h in hosts}, "nats": {"docchat-1": 0.05 * t}, "pg": 0.1 * t,
+                "loadgen": 0.0, "machine": (int(idle_cores * t * 100), int(2 * t * 100), 2), "t": t,
+                "throttled": throttled}
+
+    sends = int(sends_per_s * 10)
+    report = {"endpoints": {"send": {"count": sends, "rps": sends_per_s, "p50_ms": 5.0, "p99_ms": 9.0}}, "errors": {}}
+    return measure(tag, len(hosts), 64, report, sample(0.0, dict.fromkeys(hosts, 0)), sample(10.0, hosts),
+                   Counter(dict.fromkeys(hosts, 8)), 0, {})
+
+
+def test_bench_scale_rows_give_t_n_over_n_t1_and_refuse_a_host_that_was_not_throttled():
+    from bench.scale import ScaleConfig, format_table, summarize
+
+    runs = [scale_run("r1n1", {"h1": 40}, 100.0), scale_run("r1n2", {"h1": 40, "h2": 0}, 180.0),
+            scale_run("r1n4", {"a": 9, "b": 9, "c": 9, "d": 9}, 320.0, idle_cores=0.1)]
+    rows = summarize(runs, [1, 2, 4])
+
+    assert [r["scaling"] for r in rows] == [1.0, 0.9, 0.8]
+    assert rows[0]["valid"] and rows[0]["host_us_per_send"] == 2000.0 and rows[0]["idle_cores"] == 1.0
+    assert not rows[1]["valid"] and rows[1]["why"] == ["a host was not throttled"]
+    assert not rows[2]["valid"] and rows[2]["why"] == ["idle < 0.3 core"]
+    table = format_table(rows, ScaleConfig(reps=1))
+    assert "INVALID: a host was not throttled" in table and "INVALID: idle < 0.3 core" in table
