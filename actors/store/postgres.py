@@ -8,6 +8,7 @@ answers only after COMMIT (synchronous_commit=on: the WAL is flushed first).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from pathlib import Path
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -24,6 +25,10 @@ T = TypeVar("T")
 Op = Callable[[asyncpg.Connection], Awaitable[Any]]
 log = structlog.get_logger("store")
 SCHEMA = (Path(__file__).parent / "postgres_schema.sql").read_text()
+# Re-running SCHEMA is not free even when nothing changes: CREATE INDEX IF NOT EXISTS share-locks messages
+# and ALTER TABLE ... IF NOT EXISTS takes outbox's exclusive lock, stalling (and deadlocking with) every
+# running host's writes. So a host applies it only when this digest of it is not recorded yet.
+SCHEMA_DIGEST = hashlib.sha256(SCHEMA.encode()).hexdigest()
 CONNECT_TIMEOUT = 5.0  # seconds; a database that does not answer is Unavailable, not a hang
 COMMAND_TIMEOUT = 30.0
 SETTINGS = {"synchronous_commit": "on", "application_name": "docchat"}
@@ -74,7 +79,7 @@ class PostgresStore(BatchedStore):
             self.writer_db = await self.connect()
             async with self.writer_db.transaction():
                 await self.writer_db.execute("SELECT pg_advisory_xact_lock(7366323)")  # one migrating host at a time
-                await self.writer_db.execute(SCHEMA)
+                await migrate(self.writer_db)
             sync = await self.writer_db.fetchval("SHOW synchronous_commit")
             if sync != "on":
                 raise RuntimeError(f"PostgreSQL refused synchronous_commit=on (got {sync})")
@@ -160,6 +165,16 @@ class PostgresStore(BatchedStore):
 
     def fenced(self, partition: int, epoch: int) -> Store:
         return FencedStore(self, partition, epoch)
+
+
+async def migrate(db: asyncpg.Connection) -> None:
+    """Apply SCHEMA unless a host already applied this very text (the caller holds the migration lock)."""
+    applied = await db.fetchval("SELECT to_regclass('schema_applied') IS NOT NULL")
+    if applied and await db.fetchval("SELECT 1 FROM schema_applied WHERE digest = $1", SCHEMA_DIGEST):
+        return
+    await db.execute(SCHEMA)
+    await db.execute("CREATE TABLE IF NOT EXISTS schema_applied (digest TEXT PRIMARY KEY)")
+    await db.execute("INSERT INTO schema_applied (digest) VALUES ($1) ON CONFLICT DO NOTHING", SCHEMA_DIGEST)
 
 
 async def in_transaction(db: asyncpg.Connection, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
