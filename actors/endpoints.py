@@ -71,17 +71,20 @@ def admin_routes(admin: Directory) -> dict[str, tuple[str, Route]]:
 class Endpoints:
     """One `docchat` micro service over some routes; `async with` starts it, exit stops it."""
 
-    def __init__(self, nc: Client, routes: dict[str, tuple[str, Route]], description: str) -> None:
+    def __init__(self, nc: Client, routes: dict[str, tuple[str, Route]], description: str,
+                 queue_group: str | None = None) -> None:
         self.nc = nc
         self.routes = routes
         self.description = description
+        self.queue_group = queue_group  # None: micro's shared default
         self.service: Service | None = None
 
     async def start(self, flush: bool = True) -> None:
         self.service = await add_service(self.nc, name="docchat", version=version("docchat"),
                                          description=self.description)
         for name, (subject, route) in self.routes.items():
-            await self.service.add_endpoint(name=name, subject=subject, handler=self.handler(name, route))
+            await self.service.add_endpoint(name=name, subject=subject, handler=self.handler(name, route),
+                                            queue_group=self.queue_group)
         if flush:
             await self.nc.flush()  # the server knows every subscription before we say we are ready
 

@@ -69,6 +69,26 @@ async def test_concurrent_get_or_create_on_two_stores_makes_one_session(settings
         assert len({session.id for session, _ in made}) == 1 and made[0][0].document_id == "doc\u0000"
 
 
+async def test_a_send_held_up_by_another_transactions_lock_answers_503_stores_nothing_then_works(
+        settings, host, admin, user):
+    await admin.grant("doc", "alice")
+    alice = user("alice")
+    sid = (await alice.get_or_create("doc")).session.id
+    other = await asyncpg.connect(settings.store_url)
+    try:
+        locker = other.transaction()
+        await locker.start()
+        await other.execute("SELECT 1 FROM sessions WHERE id=$1 FOR UPDATE", sid)  # e.g. a frozen host's
+        with pytest.raises(Unavailable):
+            await alice.send(sid, "held up")  # waits lock_timeout (2 s), then 503: nothing stored
+        await locker.rollback()
+    finally:
+        await other.close()
+    assert (await alice.messages(sid)).messages == []
+    sent = await alice.send(sid, "again")
+    assert sent.message.seq == 1
+
+
 async def test_a_database_that_is_gone_answers_unavailable():
     store = PostgresStore("postgresql://postgres@127.0.0.1:1/none")
     with pytest.raises(OSError):

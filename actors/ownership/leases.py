@@ -5,6 +5,11 @@ beyond its fair share (ceil(PARTITIONS / live hosts)) and takes free or expired 
 Taking a lease bumps its epoch; every write of a partition's actors checks that epoch in its own
 transaction (FencedStore), so a host that lost a lease, even one frozen and woken, writes nothing.
 A host also stops serving a partition once its lease may have expired by its own clock.
+
+Each host's partition services use a queue group of their own. A frozen former owner keeps its
+subscriptions until the server drops its connection; with one shared group, the server would go on
+sending it a share of the partition's requests. With one group per host, the live owner gets every
+request and answers it, and what the frozen host answers when it wakes goes nowhere.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import math
 import os
 import socket
 import time
+import uuid
 from typing import Awaitable, Callable
 
 import structlog
@@ -36,7 +42,7 @@ class LeasedOwnership(Ownership):
     """Holds partition leases while entered; exit hands every partition over and says goodbye."""
 
     def __init__(self, deps: Deps, leases: LeaseStore, settings: Settings) -> None:
-        super().__init__(deps)
+        super().__init__(deps, queue_group=f"q{uuid.uuid4().hex}")
         self.leases = leases
         self.host = settings.host_id or f"{socket.gethostname()}-{os.getpid()}"
         self.ttl_ms = int(settings.lease_seconds * 1000)

@@ -20,13 +20,13 @@ log = structlog.get_logger("ownership")
 class Partition:
     """The actors of one partition's users; `start` subscribes its endpoints, `stop` drains and leaves."""
 
-    def __init__(self, number: int, deps: Deps, epoch: int | None = None) -> None:
+    def __init__(self, number: int, deps: Deps, epoch: int | None = None, queue_group: str | None = None) -> None:
         self.number = number
         self.epoch = epoch  # the lease epoch its writes are fenced with; None when nobody else can own it
         self.sessions = Directory(lambda key: SessionActor(key, deps), f"sessions.p{number}")
         self.users = Directory(lambda key: UserActor(key, deps), f"users.p{number}")
         self.endpoints = Endpoints(deps.nc, partition_routes(number, self.sessions, self.users),
-                                   f"AI chat sessions per (user, document): partition {number}")
+                                   f"AI chat sessions per (user, document): partition {number}", queue_group)
 
     async def start(self, flush: bool = True) -> None:
         await self.endpoints.start(flush)
@@ -42,8 +42,9 @@ class Partition:
 class Ownership:
     """The partitions this host serves now, by number; subclasses decide which."""
 
-    def __init__(self, deps: Deps) -> None:
+    def __init__(self, deps: Deps, queue_group: str | None = None) -> None:
         self.deps = deps
+        self.queue_group = queue_group
         self.partitions: dict[int, Partition] = {}
 
     def of_user(self, uid: str) -> Partition | None:
@@ -51,7 +52,7 @@ class Ownership:
         return self.partitions.get(partition_of(uid))
 
     async def serve(self, number: int, deps: Deps, epoch: int | None = None, flush: bool = True) -> None:
-        partition = Partition(number, deps, epoch)
+        partition = Partition(number, deps, epoch, self.queue_group)
         try:
             await partition.start(flush)
         except BaseException:

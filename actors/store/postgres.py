@@ -33,10 +33,21 @@ CONNECT_TIMEOUT = 5.0  # seconds; a database that does not answer is Unavailable
 COMMAND_TIMEOUT = 30.0
 SETTINGS = {"synchronous_commit": "on", "application_name": "docchat"}
 # The writer's: a host frozen inside a transaction loses its connection, and the row locks that
-# hold back a new partition owner, after this long (the lease TTL is 3 s by default).
-WRITER_SETTINGS = {**SETTINGS, "idle_in_transaction_session_timeout": "5000"}
+# hold back a new partition owner, sooner than its lease runs out (3 s by default); and no op waits
+# for a row lock longer than that (it answers 503 instead of holding up the whole batch).
+WRITER_SETTINGS = {**SETTINGS, "idle_in_transaction_session_timeout": "2000", "lock_timeout": "2000"}
 # SQLSTATE classes that condemn the whole transaction, not one op: connection, resources, operator, system.
 FAULT_CLASSES = ("08", "53", "57", "58", "XX")
+# An op that met another transaction (deadlock, serialization, lock timeout): nothing of it is
+# stored and trying again is the cure, so its caller gets 503, not 500.
+TRANSIENT_STATES = ("40001", "40P01", "55P03")
+
+
+def transient(exc: Exception) -> Exception:
+    """The error a caller sees for an op's exception: Unavailable when retrying would work."""
+    if isinstance(exc, asyncpg.PostgresError) and exc.sqlstate in TRANSIENT_STATES:
+        return Unavailable("storage is busy, retry")
+    return exc
 
 
 def is_fault(exc: BaseException) -> bool:
@@ -57,7 +68,7 @@ async def apply_batch(db: asyncpg.Connection, ops: list[Op]) -> list[Any]:
             except Exception as exc:  # noqa: BLE001 - a refused or buggy op fails alone
                 if is_fault(exc):
                     raise
-                results.append(exc)
+                results.append(transient(exc))
     return results
 
 
