@@ -49,7 +49,6 @@ class LeasedOwnership(Ownership):
         self.every = settings.lease_renew_seconds
         self.valid_until: dict[int, float] = {}  # monotonic time after which we stop serving a partition
         self.task: asyncio.Task[None] | None = None
-        self.kick = asyncio.Event()
         self.live_hosts = 0
 
     async def __aenter__(self) -> "LeasedOwnership":
@@ -72,10 +71,7 @@ class LeasedOwnership(Ownership):
     async def run(self) -> None:
         """Tick until cancelled; a tick that fails is logged, and partitions whose lease ran out stop."""
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.every):
-                    await self.kick.wait()
-            self.kick.clear()
+            await asyncio.sleep(self.every)
             try:
                 await self.tick()
             except Exception as exc:  # noqa: BLE001 - the store may be down: try again next tick
