@@ -1,4 +1,4 @@
-"""A throwaway PostgreSQL server for tests: initdb in a temp dir, a free port, `pg_ctl -m immediate stop`.
+"""A throwaway PostgreSQL server for tests, the local cluster and the scaling bench: initdb in a temp dir, a free port, `pg_ctl -m immediate stop`.
 
 initdb refuses to run as root, so as root (CI) both run as the `postgres` user via runuser; the temp
 dir sits in /tmp (pytest's own tmp dirs are 0700 root) and is owned by that user.
