@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 
-import structlog
-
 from contracts.subjects import partition_of
 
 from ..deps import Deps
@@ -13,8 +11,6 @@ from ..endpoints import Endpoints, partition_routes
 from ..runtime.directory import Directory
 from ..sessions.actor import SessionActor
 from ..sessions.users import UserActor
-
-log = structlog.get_logger("ownership")
 
 
 class Partition:
