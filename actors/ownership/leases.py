@@ -32,7 +32,7 @@ from ..deps import Deps
 from ..runtime.tasks import cancel_and_wait
 from ..settings import Settings
 from ..store import LeaseStore
-from .partition import Ownership
+from .partition import Ownership, Partition
 
 log = structlog.get_logger("ownership")
 MARGIN = 0.5  # seconds of a lease we never use, for clock drift between this host and the database
@@ -49,6 +49,7 @@ class LeasedOwnership(Ownership):
         self.every = settings.lease_renew_seconds
         self.valid_until: dict[int, float] = {}  # monotonic time after which we stop serving a partition
         self.task: asyncio.Task[None] | None = None
+        self.handovers: set[asyncio.Task[None]] = set()
         self.live_hosts = 0
 
     async def __aenter__(self) -> "LeasedOwnership":
@@ -59,6 +60,7 @@ class LeasedOwnership(Ownership):
     async def __aexit__(self, *exc: object) -> None:
         if self.task is not None:
             await cancel_and_wait([self.task])
+        await asyncio.gather(*self.handovers, return_exceptions=True)
         held = {n: p.epoch for n, p in self.partitions.items()}
         await self.leave_all()
         with contextlib.suppress(Exception):
@@ -98,9 +100,10 @@ class LeasedOwnership(Ownership):
         share = math.ceil(PARTITIONS / self.live_hosts)
         extra = len(self.partitions) - share
         if extra > 0:
-            # All at once: one after another, the drains add up, and the partitions kept (renewed above)
-            # can run out meanwhile, so the host drops them all (seen under load: 32 handovers took 2 s).
-            await self.each(self.hand_over, sorted(self.partitions, reverse=True)[:extra])
+            # In the background: renewals go on while they drain (one after another, 32 drains took 2 s
+            # under load, and the partitions this host keeps ran out meanwhile).
+            for number in sorted(self.partitions, reverse=True)[:extra]:
+                self.start_handover(number)
         elif extra < 0:
             async with self.asking():
                 won = await self.leases.acquire(self.host, -extra, self.ttl_ms)
@@ -113,13 +116,24 @@ class LeasedOwnership(Ownership):
                 log.info("partitions_taken", host=self.host, partitions=sorted(won), held=len(self.partitions),
                          live_hosts=self.live_hosts)
 
-    async def hand_over(self, number: int) -> None:
+    def start_handover(self, number: int) -> None:
+        """Stop counting the partition as ours now; drain it and free its lease in a task."""
+        self.valid_until.pop(number, None)
+        partition = self.partitions.pop(number)
+        task = asyncio.create_task(self.hand_over(partition), name=f"handover:{number}")
+        self.handovers.add(task)
+        task.add_done_callback(self.handovers.discard)
+
+    async def hand_over(self, partition: Partition) -> None:
         """Drain the partition's actors, stop its service, then free the lease for another host."""
-        epoch = self.partitions[number].epoch or 0
-        await self.drop(number)
-        async with self.asking():
-            await self.leases.release(self.host, number, epoch)
-        log.info("partition_handed_over", host=self.host, partition=number, live_hosts=self.live_hosts)
+        try:
+            await partition.stop()
+            async with self.asking():
+                await self.leases.release(self.host, partition.number, partition.epoch or 0)
+        except Exception as exc:  # noqa: BLE001 - the lease then runs out by itself
+            log.warning("handover_failed", host=self.host, partition=partition.number, error=repr(exc))
+            return
+        log.info("partition_handed_over", host=self.host, partition=partition.number, live_hosts=self.live_hosts)
 
     async def drop(self, number: int, timeout: float = 10.0) -> None:
         self.valid_until.pop(number, None)
