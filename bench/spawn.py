@@ -22,6 +22,7 @@ import nats
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from actors.natsserver import EmbeddedNats
+from contracts.subjects import USAGE
 from gateway.keys import CalloutKeys, server_env
 
 
@@ -46,7 +47,8 @@ def service_env(data_dir: Path, password: str, extra: dict[str, str]) -> dict[st
 
 async def wait_ready(url: str, user: str, password: str, proc: asyncio.subprocess.Process,
                      timeout: float = 60) -> None:
-    """Until `$SRV.PING.docchat` answers; raises if the service exits first."""
+    """Until the admin service answers a usage report (it starts after every partition's); raises if
+    the service exits first."""
     nc = await nats.connect(url, user=user, password=password, name="bench-probe")
     try:
         deadline = time.monotonic() + timeout
@@ -54,11 +56,11 @@ async def wait_ready(url: str, user: str, password: str, proc: asyncio.subproces
             if proc.returncode is not None:
                 raise RuntimeError(f"docchat serve exited with {proc.returncode}")
             try:
-                await nc.request("$SRV.PING.docchat", b"", timeout=0.5)
+                await nc.request(USAGE, b'{"userId": "readiness-probe"}', timeout=0.5)
                 return
             except (NoRespondersError, NatsTimeout):
                 await asyncio.sleep(0.2)
-        raise RuntimeError("docchat serve did not answer $SRV.PING within the timeout")
+        raise RuntimeError("docchat serve did not answer within the timeout")
     finally:
         await nc.close()
 
