@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import signal
 import dataclasses
 import json
 import os
 import sys
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 import nats
 from nats.errors import Error as NatsError
@@ -29,6 +30,8 @@ from .scale import ScaleConfig, run_scale
 from .sessions import SessionsConfig, format_sessions, run_sessions
 from .spawn import CpuMeter, Endpoint, spawned, stop_process, wait_cpu_idle
 from .stats import compare, format_compare, format_report
+
+T = TypeVar("T")
 
 
 def numbers(text: str) -> list[float]:
@@ -215,6 +218,14 @@ async def sessions_command(args: argparse.Namespace) -> dict[str, Any]:
     return rep
 
 
+async def stopped_by_sigterm(work: Awaitable[T]) -> T:
+    """Run work; SIGTERM (`timeout`, kill) cancels it, so the processes it spawned are stopped too."""
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await work
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: argv starts with the subcommand (`load`, `sessions`, `bench-sessions` or `bench-scale`)."""
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -223,12 +234,12 @@ def main(argv: list[str] | None = None) -> int:
     configure("warning")  # the spawned nats-server's info lines would mix with the report on stdout
     try:
         if args.command == "load":
-            result = asyncio.run(load_command(args))
+            result = asyncio.run(stopped_by_sigterm(load_command(args)))
         elif args.command == "bench-scale":
-            result = asyncio.run(run_scale(scale_config(args)))
+            result = asyncio.run(stopped_by_sigterm(run_scale(scale_config(args))))
         else:
-            result = asyncio.run(sessions_command(args))
-    except (KeyboardInterrupt, asyncio.CancelledError):  # bench-scale turns SIGTERM into a cancel
+            result = asyncio.run(stopped_by_sigterm(sessions_command(args)))
+    except (KeyboardInterrupt, asyncio.CancelledError):  # SIGTERM is turned into a cancel
         return 130
     except (ValueError, RuntimeError, OSError, DocchatError, NatsError) as exc:
         print(f"docchat {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

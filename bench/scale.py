@@ -13,7 +13,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -365,9 +364,6 @@ async def run_scale(cfg: ScaleConfig) -> dict[str, Any]:
     """One PostgreSQL and one 3-node cluster; for each rep, each N (order alternating): a measured run."""
     if cfg.cpu_share > 0 and (problem := cgroup_problem()):
         raise RuntimeError(f"cannot cap hosts: {problem}; --cpu-share 0 runs uncapped (no capacity figure)")
-    task = asyncio.current_task()
-    assert task is not None
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)  # clean up on `timeout`/kill
     root = Path(tempfile.mkdtemp(prefix="docchat-scale-"))
     password, callout = "bench-" + secrets.token_hex(8), "callout-" + secrets.token_hex(8)
     settings = Settings(service_password=password, callout_password=callout, data_dir=str(root),
