@@ -116,7 +116,9 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
                 callout_nc, settings, load_keys(settings),
                 on_admit=lambda claims: store.remember_user(claims.uid, claims.sub)))
         await stack.enter_async_context(admin)
-        # Entered last, so left first: new requests get 503 while queued ones finish.
+        # The partitions, then the admin service, entered last so left first: the admin subjects go
+        # quiet, then each partition answers 503 to new requests while its queued ones finish. The
+        # admin service starts after every partition, so an answered admin request means ready.
         ownership: Ownership
         if isinstance(store, LeaseStore):  # a store other hosts share: hold partitions by lease
             ownership = await stack.enter_async_context(LeasedOwnership(deps, store, settings))
