@@ -16,7 +16,7 @@ from nats.micro.request import Request
 from nats.micro.service import Service
 
 from contracts.codec import decode_request
-from contracts.errors import BadRequest, NotFound, TooLarge
+from contracts.errors import BadRequest, NotFound, NotOwner, TooLarge
 from contracts.requests import (ByDocument, Cancel, GetOrCreate, GetUsage, Grant, ListMessages, Retry, Revoke,
                                 Send)
 from contracts.subjects import (GRANT, REVOKE, USAGE, is_token, parse, partition_of, session_endpoint,
@@ -72,8 +72,9 @@ class Endpoints:
     """One `docchat` micro service over some routes; `async with` starts it, exit stops it."""
 
     def __init__(self, nc: Client, routes: dict[str, tuple[str, Route]], description: str,
-                 queue_group: str | None = None) -> None:
+                 queue_group: str | None = None, owned: Callable[[], bool] | None = None) -> None:
         self.nc = nc
+        self.owned = owned  # False: this host may have lost the partition; leave requests to the owner
         self.routes = routes
         self.description = description
         self.queue_group = queue_group  # None: micro's shared default
@@ -103,10 +104,12 @@ class Endpoints:
     def handler(self, name: str, route: Route) -> Callable[[Request], Any]:
         async def handle(request: Request) -> None:
             try:
+                if self.owned is not None and not self.owned():
+                    raise NotOwner("this host's lease on the partition may have run out")
                 key, envelope = self.envelope(request, route)
                 route.directory.deliver(key, envelope)
             except Exception as exc:  # noqa: BLE001 - every caller gets PROTOCOL.md's error body
-                if not isinstance(exc, (BadRequest, NotFound, TooLarge)):
+                if not isinstance(exc, (BadRequest, NotFound, TooLarge, NotOwner)):
                     log.info("request_refused", endpoint=name, error=str(exc))
                 await replies.fail(request, exc)
 

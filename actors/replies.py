@@ -8,7 +8,7 @@ import structlog
 from nats.micro.request import Request
 
 from contracts.codec import encode
-from contracts.errors import DocchatError, ErrorBody, error_body
+from contracts.errors import DocchatError, ErrorBody, NotOwner, error_body
 
 log = structlog.get_logger("replies")
 
@@ -19,7 +19,12 @@ async def ok(request: Request, body: Any) -> None:
 
 
 async def fail(request: Request, exc: BaseException) -> None:
-    """Send the error; anything that is not a DocchatError is a bug and says no more than that."""
+    """Send the error; anything that is not a DocchatError is a bug and says no more than that.
+
+    NotOwner is not answered: the partition's new owner answers that request."""
+    if isinstance(exc, NotOwner):
+        log.info("request_left_to_owner", error=str(exc))
+        return
     err = exc if isinstance(exc, DocchatError) else DocchatError()
     detail = error_body(err)
     text = " ".join(detail.message.split())  # a header value must stay on one line

@@ -63,6 +63,11 @@ class Unavailable(DocchatError):
     code, type, default_message = 503, "unavailable", "service unavailable, retry"
 
 
+class NotOwner(Unavailable):
+    """This host no longer owns the request's partition: it stores nothing and sends no reply, since
+    the partition's owner (which the server also sends the request to) answers it."""
+
+
 BY_CODE: dict[int, type[DocchatError]] = {
     cls.code: cls for cls in (DocchatError, BadRequest, Forbidden, NotFound, Conflict, TooLarge, RateLimited, Unavailable)
 }

@@ -108,17 +108,22 @@ class LeasedOwnership(Ownership):
             async with self.asking():
                 won = await self.leases.acquire(self.host, -extra, self.ttl_ms)
             for number, epoch in won.items():
+                self.valid_until[number] = sent + self.ttl_ms / 1000 - MARGIN
                 await self.serve(number, dataclasses.replace(self.deps, store=self.leases.fenced(number, epoch)),
                                  epoch, flush=False)
-                self.valid_until[number] = sent + self.ttl_ms / 1000 - MARGIN
             if won:
                 await self.deps.nc.flush()
                 log.info("partitions_taken", host=self.host, partitions=sorted(won), held=len(self.partitions),
                          live_hosts=self.live_hosts)
 
+    def owned(self, number: int) -> Callable[[], bool]:
+        """False once, by this host's clock, the lease may have run out: a host that wakes from a
+        freeze leaves requests to the new owner before its next tick drops the partition."""
+        return lambda: time.monotonic() < self.valid_until.get(number, 0.0)
+
     def start_handover(self, number: int) -> None:
-        """Stop counting the partition as ours now; drain it and free its lease in a task."""
-        self.valid_until.pop(number, None)
+        """Stop counting the partition as ours now; drain it and free its lease in a task. Until the
+        lease is freed (or may have run out) its service answers new requests 503."""
         partition = self.partitions.pop(number)
         task = asyncio.create_task(self.hand_over(partition), name=f"handover:{number}")
         self.handovers.add(task)
@@ -133,6 +138,9 @@ class LeasedOwnership(Ownership):
         except Exception as exc:  # noqa: BLE001 - the lease then runs out by itself
             log.warning("handover_failed", host=self.host, partition=partition.number, error=repr(exc))
             return
+        finally:
+            if partition.number not in self.partitions:  # not taken again meanwhile
+                self.valid_until.pop(partition.number, None)
         log.info("partition_handed_over", host=self.host, partition=partition.number, live_hosts=self.live_hosts)
 
     async def drop(self, number: int, timeout: float = 10.0) -> None:

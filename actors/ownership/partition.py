@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Callable
 
 from contracts.subjects import partition_of
 
@@ -16,13 +17,15 @@ from ..sessions.users import UserActor
 class Partition:
     """The actors of one partition's users; `start` subscribes its endpoints, `stop` drains and leaves."""
 
-    def __init__(self, number: int, deps: Deps, epoch: int | None = None, queue_group: str | None = None) -> None:
+    def __init__(self, number: int, deps: Deps, epoch: int | None = None, queue_group: str | None = None,
+                 owned: Callable[[], bool] | None = None) -> None:
         self.number = number
         self.epoch = epoch  # the lease epoch its writes are fenced with; None when nobody else can own it
         self.sessions = Directory(lambda key: SessionActor(key, deps), f"sessions.p{number}")
         self.users = Directory(lambda key: UserActor(key, deps), f"users.p{number}")
         self.endpoints = Endpoints(deps.nc, partition_routes(number, self.sessions, self.users),
-                                   f"AI chat sessions per (user, document): partition {number}", queue_group)
+                                   f"AI chat sessions per (user, document): partition {number}", queue_group,
+                                   owned)
 
     async def start(self, flush: bool = True) -> None:
         await self.endpoints.start(flush)
@@ -47,8 +50,12 @@ class Ownership:
         """The running partition holding this user's actors, if this host serves it."""
         return self.partitions.get(partition_of(uid))
 
+    def owned(self, number: int) -> Callable[[], bool] | None:
+        """How a partition's service asks whether it still owns the partition (None: always)."""
+        return None
+
     async def serve(self, number: int, deps: Deps, epoch: int | None = None, flush: bool = True) -> None:
-        partition = Partition(number, deps, epoch, self.queue_group)
+        partition = Partition(number, deps, epoch, self.queue_group, self.owned(number))
         try:
             await partition.start(flush)
         except BaseException:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from asyncpg import Connection
 
-from contracts.errors import Unavailable
+from contracts.errors import NotOwner
 
 MS = "* interval '1 millisecond'"
 
@@ -59,4 +59,4 @@ async def check(db: Connection, partition: int, epoch: int) -> None:
     so a host taking the lease waits for (or skips past) this transaction and never overlaps it."""
     now = await db.fetchval("SELECT epoch FROM partition_fence WHERE p = $1 FOR SHARE", partition)
     if now != epoch:
-        raise Unavailable("this session moved to another host; retry")
+        raise NotOwner("this partition moved to another host")
