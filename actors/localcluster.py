@@ -41,8 +41,8 @@ async def start_host(settings: Settings, nats_url: str, store_url: str, name: st
                                                 env=host_env(settings, nats_url, store_url, name, **extra))
 
 
-async def stop_host(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> None:
-    """SIGTERM (the host hands its partitions over), SIGKILL after timeout."""
+async def stop_child(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> None:
+    """SIGTERM a child process (a host hands its partitions over), SIGKILL it after timeout, and reap it."""
     if proc.returncode is None:
         proc.send_signal(signal.SIGTERM)
     try:
@@ -71,7 +71,7 @@ async def run_cluster(settings: Settings, hosts: int) -> None:
             extra_env=server_env(load_keys(settings), settings.callout_password)))
         procs = [await start_host(settings, nats.url, pg.url(), f"host-{i + 1}") for i in range(hosts)]
         for proc in procs:
-            stack.push_async_callback(stop_host, proc)
+            stack.push_async_callback(stop_child, proc)
         log.info("cluster_running", nats=nats.urls, websocket=nats.ws_urls, postgres=pg.url(),
                  hosts=[p.pid for p in procs],
                  hint=f"DOCCHAT_NATS_URL={nats.url} docchat grant <doc> <sub>; Ctrl-C stops")

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import dataclasses
 import json
 import os
+import signal
 import sys
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, TypeVar
@@ -22,13 +22,14 @@ from typing import Any, AsyncIterator, Awaitable, TypeVar
 import nats
 from nats.errors import Error as NatsError
 
+from actors.localcluster import stop_child
 from contracts.errors import DocchatError
 
 from .echo import ECHO_PREFIX, set_sizes, spawn_echo
 from .load import Load, LoadConfig, log, parse_mix
 from .scale import ScaleConfig, run_scale
 from .sessions import SessionsConfig, format_sessions, run_sessions
-from .spawn import CpuMeter, Endpoint, spawned, stop_process, wait_cpu_idle
+from .spawn import CpuMeter, Endpoint, spawned, wait_cpu_idle
 from .stats import compare, format_compare, format_report
 
 T = TypeVar("T")
@@ -189,7 +190,7 @@ async def load_command(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             await load.close()
             if echo_proc is not None:
-                await stop_process(echo_proc)
+                await stop_child(echo_proc, timeout=10)
             await nc.close()
     return result
 

@@ -27,7 +27,7 @@ import asyncpg
 import nats
 from nats.aio.client import Client
 
-from actors.localcluster import ROOT, host_env, stop_host
+from actors.localcluster import ROOT, host_env, stop_child
 from actors.natscluster import NatsCluster
 from actors.pgserver import PgServer
 from actors.settings import Settings
@@ -251,7 +251,7 @@ class Bench:
             for h in hosts:
                 if h.group:
                     h.group.uncap()  # a capped host would hand its partitions over slowly
-            await asyncio.gather(*(stop_host(h.proc) for h in hosts))
+            await asyncio.gather(*(stop_child(h.proc) for h in hosts))
             for h in hosts:
                 if h.group:
                     h.group.remove()

@@ -21,6 +21,7 @@ from typing import AsyncIterator
 import nats
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
+from actors.localcluster import stop_child
 from actors.natsserver import EmbeddedNats
 from contracts.subjects import USAGE
 from gateway.keys import CalloutKeys, server_env
@@ -91,21 +92,10 @@ async def spawned(extra_env: dict[str, str] | None = None, keep: bool = False) -
                   file=sys.stderr, flush=True)
             yield Endpoint(server.url, "docchat", password, proc.pid, server.proc.pid if server.proc else None)
         finally:
-            await stop_process(proc, timeout=30)
+            await stop_child(proc, timeout=30)
             logfile.close()
             if not keep:
                 shutil.rmtree(tmp, ignore_errors=True)
-
-
-async def stop_process(proc: asyncio.subprocess.Process, timeout: float = 10) -> None:
-    """SIGTERM a child, SIGKILL it after timeout, and reap it."""
-    if proc.returncode is None:
-        proc.terminate()
-        try:
-            await asyncio.wait_for(proc.wait(), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 def rss_kib(pid: int | None) -> int | None:
