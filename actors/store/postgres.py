@@ -160,7 +160,7 @@ class PostgresStore(BatchedStore):
                 try:
                     got = await postgres_leases.acquire_one(db, host, ttl_ms)
                 except asyncpg.LockNotAvailableError:  # its last owner is still writing: next tick
-                    continue
+                    break  # (the next try would pick the same partition and wait again)
                 if got is None:
                     break
                 won[got[0]] = got[1]
