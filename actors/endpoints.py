@@ -45,12 +45,17 @@ class Route:
     check: Callable[[Any], None] | None = None
 
 
+def check_document(body: Any) -> None:
+    """The documentId check of the bodies that carry one."""
+    check_document_id(body.document_id)
+
+
 def partition_routes(partition: int, sessions: Directory, users: Directory) -> dict[str, tuple[str, Route]]:
     """The six request endpoints of one partition (subjects as the server maps them)."""
-    doc = lambda body: check_document_id(body.document_id)  # noqa: E731
     return {
-        "getOrCreate": (user_endpoint("getOrCreate", partition), Route(GetOrCreate, users, "user", check=doc)),
-        "byDocument": (user_endpoint("byDocument", partition), Route(ByDocument, users, "user", check=doc)),
+        "getOrCreate": (user_endpoint("getOrCreate", partition),
+                        Route(GetOrCreate, users, "user", check=check_document)),
+        "byDocument": (user_endpoint("byDocument", partition), Route(ByDocument, users, "user", check=check_document)),
         "send": (session_endpoint("send", partition), Route(Send, sessions, "session", MAX_SEND_BODY, check_send)),
         "messages": (session_endpoint("messages", partition), Route(ListMessages, sessions, "session")),
         "cancel": (session_endpoint("cancel", partition), Route(Cancel, sessions, "session")),
@@ -60,10 +65,9 @@ def partition_routes(partition: int, sessions: Directory, users: Directory) -> d
 
 def admin_routes(admin: Directory) -> dict[str, tuple[str, Route]]:
     """Grants, revokes and usage reports: any host answers them."""
-    doc = lambda body: check_document_id(body.document_id)  # noqa: E731
     return {
-        "grant": (GRANT, Route(Grant, admin, "admin", check=doc)),
-        "revoke": (REVOKE, Route(Revoke, admin, "admin", check=doc)),
+        "grant": (GRANT, Route(Grant, admin, "admin", check=check_document)),
+        "revoke": (REVOKE, Route(Revoke, admin, "admin", check=check_document)),
         "usage": (USAGE, Route(GetUsage, admin, "admin")),
     }
 

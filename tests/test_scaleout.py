@@ -145,6 +145,14 @@ def spread_users(n: int) -> list[str]:
     return [f"user{i}" for i in range(n)]
 
 
+async def two_hosts_with_load(d: Deployment) -> "Load":
+    """Hosts h1 and h2 sharing the partitions, and 16 users' sessions ready for a load (not started)."""
+    await d.add("h1")
+    await d.add("h2")
+    await d.wait_spread({"h1", "h2"})
+    return await Load(d, spread_users(16)).open()
+
+
 async def send_until_answered(client: DocchatClient, sid: str, began: float, limit: float) -> float:
     """Send one message (one clientMessageId, repeated at once on no-responders/timeout/503) until it is
     acknowledged; seconds from `began` until then."""
@@ -194,10 +202,7 @@ async def test_hosts_join_and_leave_under_load_1_2_4_1_and_every_acknowledged_se
 
 async def test_a_frozen_host_loses_its_partitions_and_its_queued_writes_land_nowhere(deployment):
     d = deployment
-    await d.add("h1")
-    await d.add("h2")
-    await d.wait_spread({"h1", "h2"})
-    load = await Load(d, spread_users(16)).open()
+    load = await two_hosts_with_load(d)
     owners = await d.owners()
     victims = [u for u in load.users if owners[partition_of(u)] == "h1"]
     assert victims, "no test user on h1"
@@ -251,10 +256,7 @@ async def test_a_frozen_host_loses_its_partitions_and_its_queued_writes_land_now
 
 async def test_a_killed_host_under_load_keeps_every_acknowledged_send_and_its_partitions_answer_within_5s(deployment):
     d = deployment
-    await d.add("h1")
-    await d.add("h2")
-    await d.wait_spread({"h1", "h2"})
-    load = await Load(d, spread_users(16)).open()
+    load = await two_hosts_with_load(d)
     owners = await d.owners()
     moved: dict[int, str] = {}  # a partition of h1 → one test user in it
     for u in load.users:
@@ -280,10 +282,7 @@ async def test_a_killed_host_under_load_keeps_every_acknowledged_send_and_its_pa
 
 async def test_a_killed_nats_node_leading_the_reply_stream_loses_nothing_and_sends_keep_succeeding(deployment):
     d = deployment
-    await d.add("h1")
-    await d.add("h2")
-    await d.wait_spread({"h1", "h2"})
-    load = await Load(d, spread_users(16)).open()
+    load = await two_hosts_with_load(d)
     load.start()
     await load.progressed(30)
 

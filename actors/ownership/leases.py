@@ -86,14 +86,14 @@ class LeasedOwnership(Ownership):
 
     async def tick(self) -> None:
         """Heartbeat, renew, then move toward this host's fair share of partitions."""
-        sent = time.monotonic()
+        until = time.monotonic() + self.ttl_ms / 1000 - MARGIN  # counted from before the renewal
         held = {n: p.epoch or 0 for n, p in self.partitions.items()}
         async with self.asking():
             self.live_hosts = max(1, await self.leases.heartbeat(self.host, self.ttl_ms))
             kept = await self.leases.renew(self.host, held, self.ttl_ms) if held else set()
         lost = [number for number in held if number not in kept]
         for number in kept:
-            self.valid_until[number] = sent + self.ttl_ms / 1000 - MARGIN
+            self.valid_until[number] = until
         for number in lost:
             log.warning("partition_lost", host=self.host, partition=number)
         await self.each(lambda number: self.drop(number, timeout=1.0), lost)
@@ -108,7 +108,7 @@ class LeasedOwnership(Ownership):
             async with self.asking():
                 won = await self.leases.acquire(self.host, -extra, self.ttl_ms)
             for number, epoch in won.items():
-                self.valid_until[number] = sent + self.ttl_ms / 1000 - MARGIN
+                self.valid_until[number] = until
                 await self.serve(number, dataclasses.replace(self.deps, store=self.leases.fenced(number, epoch)),
                                  epoch, flush=False)
             if won:
