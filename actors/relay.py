@@ -1,6 +1,8 @@
 """Outbox → JetStream: publish committed work with Nats-Msg-Id, then delete it from the outbox.
 
-Runs after every commit that added work (kick) and once a second to sweep what a crash left.
+Runs after every commit that added work (kick) and once a second to sweep what a crash left. All
+rows waiting go out as one message (up to BATCH work items): under load a JetStream message per
+reply cost the server a stored, fsynced write and an ack each, about a quarter of send capacity.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ from nats.js.api import RetentionPolicy, StorageType, StreamConfig
 from contracts.subjects import REPLY_PREFIX, REPLY_STREAM
 
 from .runtime.tasks import cancel_and_wait
-from .store import Store
+from .schedule import BATCH_SUBJECT, batch_payload
+from .store import OutboxItem, Store
 
 log = structlog.get_logger("relay")
 BATCH = 256
@@ -76,17 +79,22 @@ class Relay:
         items = await self.store.outbox_pending(BATCH)
         if not items:
             return 0
-        # publish_async: one shared reply subscription, no task or timer per message.
-        acks = [await self.js.publish_async(i.subject, i.payload, headers={"Nats-Msg-Id": i.dedup_id}) for i in items]
-        _, late = await asyncio.wait(acks, timeout=ACK_TIMEOUT)
-        for ack in late:
-            ack.cancel()
-        done = [i.id for i, ack in zip(items, acks) if not ack.cancelled() and ack.exception() is None]
-        if done:
-            await self.store.outbox_done(done)
-            self.published += len(done)
-        if len(done) < len(items):
-            errors = {repr(a.exception()) for a in acks if not a.cancelled() and a.exception() is not None}
-            log.warning("relay_publish_failed", failed=len(items) - len(done), errors=sorted(errors), timed_out=len(late))
+        subject, payload, dedup_id = message_of(items)
+        try:
+            await self.js.publish(subject, payload, timeout=ACK_TIMEOUT, headers={"Nats-Msg-Id": dedup_id})
+        except Exception as exc:  # noqa: BLE001 - the rows stay in the outbox for the next round
+            log.warning("relay_publish_failed", failed=len(items), error=repr(exc))
             return 0
+        await self.store.outbox_done([i.id for i in items])
+        self.published += len(items)
         return len(items)
+
+
+def message_of(items: list[OutboxItem]) -> tuple[str, bytes, str]:
+    """(subject, body, Nats-Msg-Id) of the one message carrying these rows: a lone row as it is."""
+    if len(items) == 1:
+        return items[0].subject, items[0].payload, items[0].dedup_id
+    # A retry after a lost ack reads the same first rows, usually the same batch: JetStream drops
+    # it. If more rows came meanwhile the ids differ and some replies are nudged twice, which the
+    # store's claims make harmless.
+    return BATCH_SUBJECT, batch_payload([i.payload for i in items]), f"{items[0].dedup_id}+{len(items)}"

@@ -66,17 +66,17 @@ class AssistantActor:
         self.renew_every = settings.reply_lease_seconds / 3
         self.generated = 0
 
-    async def run(self, work: ScheduledReply, keepalive: Msg | None = None) -> None:
+    async def run(self, work: ScheduledReply) -> None:
         """Generate work's reply if its turn has come, then each next unfinished reply of the session."""
         message_id: str | None = work.message_id
         while message_id is not None:
-            ended = await self.generate(work.uid, message_id, keepalive)
+            ended = await self.generate(work.uid, message_id)
             if not ended:
                 return
             nxt = await self.store.next_reply(work.session_id)
             message_id = nxt if nxt != message_id else None
 
-    async def generate(self, uid: str, message_id: str, keepalive: Msg | None) -> bool:
+    async def generate(self, uid: str, message_id: str) -> bool:
         """Claim and generate one reply; True when it ended here (so the session's next one may start)."""
         token = new_id()
         claim = await self.store.claim_reply(message_id, token, now_ms(), self.lease_ms,
@@ -102,7 +102,7 @@ class AssistantActor:
 
         sub = await self.nc.subscribe(cancel_subject(message_id), cb=on_cancel)
         try:
-            final = await self.write(uid, gen, keepalive, ctx, claim.restarted)
+            final = await self.write(uid, gen, ctx, claim.restarted)
         except BaseException:
             await sub.unsubscribe()
             raise
@@ -134,8 +134,7 @@ class AssistantActor:
         if gen.task is not None and len(gen.cancel_requests) == 1:
             gen.task.cancel("cancel requested")
 
-    async def write(self, uid: str, gen: Generation, keepalive: Msg | None, ctx: ReplyContext,
-                    restarted: bool) -> Message | None:
+    async def write(self, uid: str, gen: Generation, ctx: ReplyContext, restarted: bool) -> Message | None:
         """Stream the model's reply into the store and the events; the final message, or None if lost."""
         sid = ctx.reply.session_id
         status, error, model, usage = "complete", None, None, None
@@ -146,7 +145,7 @@ class AssistantActor:
             if restarted:  # taken over from a vanished worker: clients start this reply over
                 await self.events.publish(uid, sid, MessageEvent(message=ctx.reply))
             async with self.model.stream(build_request(ctx, self.settings)) as stream:
-                await self.pump(uid, sid, gen, stream, keepalive)
+                await self.pump(uid, sid, gen, stream)
                 gen.task = None
                 model, usage = stream.model, (stream.input_tokens, stream.output_tokens)
         except ModelError as exc:
@@ -167,7 +166,7 @@ class AssistantActor:
         return await self.store.finish_reply(gen.message_id, gen.token, status, gen.content, now_ms(),
                                              error=error, model=model, usage=usage)
 
-    async def pump(self, uid: str, sid: str, gen: Generation, stream, keepalive: Msg | None) -> None:
+    async def pump(self, uid: str, sid: str, gen: Generation, stream) -> None:
         """Read chunks; publish deltas at most every delta_interval_ms, store the content so far at most
         every SAVE_EVERY seconds (renewing the lease), and keep the delivery alive."""
         interval = self.settings.delta_interval_ms / 1000
@@ -202,8 +201,6 @@ class AssistantActor:
                     if not await self.store.save_progress(gen.message_id, gen.token, gen.content, now_ms(),
                                                           self.lease_ms, gen.streaming):
                         raise ClaimLost
-                    if keepalive is not None:
-                        await keepalive.in_progress()
         finally:
             if pending is not None:  # let the chunk reader finish before the stream is closed
                 pending.cancel()

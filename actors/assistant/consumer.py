@@ -1,12 +1,16 @@
 """JetStream → assistant: a durable pull consumer on the scheduled-reply work queue.
 
-A delivery is a nudge: the store decides (by claim) whether there is work. It is acked once the
-reply ended, or once the store says another worker has it; shutdown naks what it was doing.
+A delivery is a nudge for one reply or a batch of them (actors/relay.py): the store decides (by
+claim) whether there is work. It is acked once each of its replies ended, or the store said
+another worker has it; a reply that crashed naks the whole delivery, and shutdown naks what it
+was doing. A nudge repeated for a reply that ended finds nothing to claim.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import nats.errors
 import structlog
@@ -16,7 +20,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts.subjects import REPLY_PREFIX, REPLY_STREAM
 
-from ..schedule import decode_work
+from ..runtime.tasks import cancel_and_wait
+from ..schedule import ScheduledReply, decode_work
 from ..settings import Settings
 from .actor import AssistantActor
 
@@ -25,12 +30,13 @@ DURABLE = "assistant"
 
 
 class Consumer:
-    """Fetches work while it has free slots (replies_in_flight); each reply runs in its own task."""
+    """Fetches work while fewer than replies_in_flight replies wait or run; each reply runs in its own task."""
 
     def __init__(self, js: JetStreamContext, actor: AssistantActor, settings: Settings) -> None:
         self.js, self.actor, self.settings = js, actor, settings
-        self.running = 0
-        self.slot_freed = asyncio.Event()
+        self.slots = asyncio.Semaphore(settings.replies_in_flight)
+        self.backlog = 0  # replies fetched and not yet ended
+        self.room = asyncio.Event()
 
     async def run(self) -> None:
         """Fetch and dispatch until cancelled; running replies are cancelled with it."""
@@ -52,13 +58,13 @@ class Consumer:
                 pass
 
     async def dispatch(self, psub) -> None:
-        """Fetch as many deliveries as there are free slots; hand each to its own task."""
+        """Fetch as many deliveries as there is room for replies; hand each to its own task."""
         async with asyncio.TaskGroup() as tg:
             while True:
-                free = self.settings.replies_in_flight - self.running
+                free = self.settings.replies_in_flight - self.backlog
                 if free <= 0:
-                    self.slot_freed.clear()
-                    await self.slot_freed.wait()
+                    self.room.clear()
+                    await self.room.wait()
                     continue
                 try:
                     msgs = await psub.fetch(free, timeout=1.0)
@@ -71,33 +77,39 @@ class Consumer:
                     await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
-                    self.running += 1
                     tg.create_task(self.handle(msg))
 
     async def handle(self, msg: Msg) -> None:
-        """Run one delivery to its end; every outcome acks, naks or leaves it for redelivery."""
+        """Run one delivery's replies to their end; every outcome acks, naks or leaves it for redelivery."""
         try:
-            work = decode_work(msg.data)
+            items = decode_work(msg.data)
         except Exception:  # noqa: BLE001 - a malformed work item can never succeed
             log.error("bad_work_item", subject=msg.subject)
             await msg.term()
-            self.done()
             return
+        self.backlog += len(items)
         try:
-            await self.actor.run(work, keepalive=msg)
-            await msg.ack()
+            async with keeping_alive(msg, self.settings.reply_ack_wait_seconds / 4):
+                outcomes = await asyncio.gather(*(self.one(work) for work in items), return_exceptions=True)
         except asyncio.CancelledError:
             await asyncio.shield(self.nak(msg))
             raise
-        except Exception as exc:  # noqa: BLE001 - redelivered after a pause
+        crashed = [(work, exc) for work, exc in zip(items, outcomes) if isinstance(exc, BaseException)]
+        for work, exc in crashed:
             log.error("reply_crashed", message_id=work.message_id, exc_info=exc)
+        if crashed:  # redelivered after a pause; the replies that ended are not claimed again
             await self.nak(msg, delay=2.0)
-        finally:
-            self.done()
+        else:
+            await msg.ack()
 
-    def done(self) -> None:
-        self.running -= 1
-        self.slot_freed.set()
+    async def one(self, work: ScheduledReply) -> None:
+        """One reply, once a slot is free (at most replies_in_flight run at once)."""
+        try:
+            async with self.slots:
+                await self.actor.run(work)
+        finally:
+            self.backlog -= 1
+            self.room.set()
 
     @staticmethod
     async def nak(msg: Msg, delay: float | None = None) -> None:
@@ -105,3 +117,20 @@ class Consumer:
             await msg.nak(delay=delay)
         except Exception as exc:  # noqa: BLE001 - ack_wait redelivers it anyway
             log.warning("nak_failed", error=str(exc))
+
+
+@contextlib.asynccontextmanager
+async def keeping_alive(msg: Msg, every: float) -> AsyncIterator[None]:
+    """While the block runs, tell JetStream every `every` seconds that the delivery is being worked
+    on, so a long reply, or one waiting for a slot, is not redelivered meanwhile."""
+    async def tick() -> None:
+        while True:
+            await asyncio.sleep(every)
+            with contextlib.suppress(Exception):  # reconnecting: the next tick tries again
+                await msg.in_progress()
+
+    ticker = asyncio.create_task(tick())
+    try:
+        yield
+    finally:
+        await cancel_and_wait([ticker])
