@@ -123,6 +123,8 @@ class Load:
             self.targets = [Target(user_token(sub), f"s{i}", self.prefix) for i, (sub, _) in enumerate(pairs)]
             return {}
         admin, gate = AdminClient(self.nc, cfg.timeout), asyncio.Semaphore(max(1, cfg.concurrency))
+        if cfg.events:  # subscribed before any send, as a client must
+            await self.tracker.follow(self.nc, f"bench-{cfg.run_id}-u")
 
         async def one(sub: str, doc: str) -> None:
             async with gate:
@@ -131,8 +133,6 @@ class Load:
                 t0 = time.perf_counter()
                 reply = await client.get_or_create(doc)
                 self.setup_stats.ok("getOrCreate", time.perf_counter() - t0, 0)
-                if cfg.events:
-                    self.tracker.follow(await client.subscribe(reply.session.id))
                 self.targets.append(Target(client.uid, reply.session.id, self.prefix))
 
         await asyncio.gather(*(one(sub, doc) for sub, doc in pairs))

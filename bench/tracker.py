@@ -2,6 +2,10 @@
 
 An event may arrive before the send's reply tells us the message ids, so arrivals are kept until the
 reply comes (and sends until their event comes); whichever is second records the latency.
+
+The load follows every session of a run with one wildcard subscription and decodes only the fields
+it needs: the load generator shares the machine's cores with what it measures, and one
+subscription per session cost it about as much CPU per send as the service's own work.
 """
 
 from __future__ import annotations
@@ -9,10 +13,40 @@ from __future__ import annotations
 import asyncio
 import time
 
-from contracts.client import EventStream
-from contracts.events import AnyEvent, DeltaEvent, MessageEvent
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+from contracts.subjects import PREFIX
 
 from .stats import Stats
+
+
+class _Error(msgspec.Struct):
+    code: str
+
+
+class _Message(msgspec.Struct):
+    id: str
+    role: str
+    status: str
+    error: _Error | None = None
+
+
+class MessageSeen(msgspec.Struct, tag="message", tag_field="type"):
+    """A `message` event, as much of it as the load reads."""
+
+    message: _Message
+
+
+class DeltaSeen(msgspec.Struct, tag="delta", tag_field="type", rename="camel"):
+    """A `delta` event, as much of it as the load reads."""
+
+    message_id: str
+
+
+_seen = msgspec.json.Decoder(MessageSeen | DeltaSeen)
 
 
 class Tracker:
@@ -26,7 +60,7 @@ class Tracker:
         self.reply_sent: dict[str, tuple[float, Stats, bool]] = {}
         self.delta_seen: dict[str, float] = {}
         self.done_seen: dict[str, float] = {}
-        self.tasks: list[asyncio.Task[None]] = []
+        self.sub: Subscription | None = None
         self.last_event = 0.0
 
     def on_send(self, start: float, user_id: str, reply_id: str) -> None:
@@ -46,10 +80,10 @@ class Tracker:
         else:
             self.reply_sent[reply_id] = (start, stats, delta is not None)
 
-    def on_event(self, event: AnyEvent, now: float) -> None:
+    def on_event(self, event: MessageSeen | DeltaSeen, now: float) -> None:
         """Record one event's arrival in the phase its send belongs to."""
         self.last_event = now
-        if isinstance(event, MessageEvent):
+        if isinstance(event, MessageSeen):
             m = event.message
             if m.role == "user":
                 sent = self.user_sent.pop(m.id, None)
@@ -66,7 +100,7 @@ class Tracker:
                     self.done_seen.setdefault(m.id, now)
                 elif m.status == "complete":
                     stats.complete.append(now - reply[0])
-        elif isinstance(event, DeltaEvent):
+        else:
             reply = self.reply_sent.get(event.message_id)
             if reply is None:
                 self.delta_seen.setdefault(event.message_id, now)
@@ -74,13 +108,17 @@ class Tracker:
                 self.reply_sent[event.message_id] = (reply[0], reply[1], True)
                 reply[1].first_delta.append(now - reply[0])
 
-    def follow(self, stream: EventStream) -> None:
-        """Read one session's events in a task until `close()`."""
-        async def read() -> None:
-            async for event in stream:
-                self.on_event(event, time.perf_counter())
+    async def follow(self, nc: Client, user_prefix: str) -> None:
+        """Follow the events of every session of the users whose uid starts with user_prefix, until
+        `close()` (one subscription: the load connects as a trusted service)."""
+        start = f"{PREFIX}.{user_prefix}"
 
-        self.tasks.append(asyncio.create_task(read()))
+        async def on_msg(msg: Msg) -> None:
+            if msg.subject.startswith(start):
+                self.on_event(_seen.decode(msg.data), time.perf_counter())
+
+        self.sub = await nc.subscribe(f"{PREFIX}.*.sessions.*.events", cb=on_msg, pending_msgs_limit=1_000_000,
+                                      pending_bytes_limit=1 << 30)
 
     def reset(self) -> Stats:
         """Start a new measured phase; returns its Stats (pending matches carry over)."""
@@ -107,7 +145,6 @@ class Tracker:
 
     async def close(self) -> None:
         """Stop reading events."""
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        self.tasks.clear()
+        if self.sub is not None:
+            sub, self.sub = self.sub, None
+            await sub.unsubscribe()
