@@ -135,3 +135,24 @@ async def test_idle_session_is_passivated_and_reactivated(settings, nats_server,
         second = await alice.send(sid, "two", "")
         assert second.message.seq == 3
         assert sessions.activations == 2
+
+
+async def test_a_page_read_again_shows_what_changed_since_and_a_remembered_page_follows_new_sends(session, user, host):
+    """Pages of complete messages are remembered by the session actor: they must still say hasMore
+    right after new sends, and a page with an unfinished reply must never be served stale."""
+    alice = user("alice")
+    sent = [await alice.send(session.id, f"m{i}", "") for i in range(2)]
+    before = await alice.messages(session.id, limit=4)
+    assert [m.status for m in before.messages] == ["complete", "pending"] * 2
+    for s in sent:
+        await host.store.finish_reply(s.reply.id, None, "complete", f"answer to {s.message.content}", 5)
+    after = await alice.messages(session.id, limit=4)
+    assert [m.status for m in after.messages] == ["complete"] * 4 and not after.has_more
+    assert after.messages[1].content == "answer to m0"
+    again = await alice.messages(session.id, limit=4)
+    assert again == after
+    third = await alice.send(session.id, "m2", "")
+    grown = await alice.messages(session.id, limit=4)
+    assert grown.messages == after.messages and grown.has_more
+    tail = await alice.messages(session.id, after_seq=4, limit=4)
+    assert tail.messages == [third.message, third.reply] and not tail.has_more

@@ -15,9 +15,11 @@ from ..deps import Call, Deps
 from ..runtime.actor import Actor
 from ..schedule import ScheduledReply, encode_work
 from ..store import NewSend, SessionState
+from ..store.base import MessagesPage
 from .cancel import cancel
 
 log = structlog.get_logger("session")
+SETTLED_PAGES = 8  # pages remembered per live session (up to 8 x 500 messages)
 
 
 class SessionActor(Actor):
@@ -27,6 +29,7 @@ class SessionActor(Actor):
         super().__init__(sid, deps.settings.mailbox_size, deps.settings.idle_seconds)
         self.deps = deps
         self.state: SessionState | None = None
+        self.settled: dict[tuple[int, int], msgspec.Raw] = {}  # (afterSeq, limit) → a page that cannot change
 
     async def on_start(self) -> None:
         self.state = await self.deps.store.load_session(self.key)
@@ -44,12 +47,27 @@ class SessionActor(Actor):
             case Send():
                 return await self.send(state, call.body)
             case ListMessages(after_seq=after, limit=limit):
-                return await self.deps.store.messages_page(self.key, after, limit)
+                return await self.messages(state, after, limit)
             case Cancel(message_id=mid):
                 return MessageReply(message=await cancel(self.deps, state, await self.reply(mid)))
             case Retry(message_id=mid):
                 return MessageReply(message=await self.retry(state, await self.reply(mid)))
         raise TypeError(f"unexpected {call.body!r}")
+
+    async def messages(self, state: SessionState, after: int, limit: int) -> MessagesPage:
+        """A page of history; a full page of complete messages is remembered while the actor lives.
+
+        A complete message never changes again (only failed and cancelled ones can be retried), and
+        this actor makes every new message of its session, so its last seq tells hasMore."""
+        page = self.settled.get((after, limit))
+        if page is None:
+            found = await self.deps.store.messages_page(self.key, after, limit)
+            if not found.settled:
+                return MessagesPage(found.messages, found.has_more)
+            if len(self.settled) >= SETTLED_PAGES:
+                self.settled.pop(next(iter(self.settled)))
+            page = self.settled[(after, limit)] = found.messages
+        return MessagesPage(page, state.last_seq > after + limit)
 
     async def reply(self, message_id: str) -> Message:
         """The assistant message of this session with that id, or NotFound."""

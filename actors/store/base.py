@@ -38,11 +38,13 @@ class OutboxItem(msgspec.Struct, frozen=True):
     dedup_id: str
 
 
-class MessagesPage(msgspec.Struct, frozen=True, rename="camel"):
-    """The `messages` reply with its list already encoded by the store."""
+class MessagesPage(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+    """The `messages` reply with its list already encoded by the store; `settled` (never sent) says
+    the page is full and all its messages complete, so it cannot change."""
 
     messages: msgspec.Raw
     has_more: bool
+    settled: bool = False
 
 
 class ReplyContext(msgspec.Struct, frozen=True, kw_only=True):

@@ -110,8 +110,8 @@ class BatchedStore:
         return await self.read(lambda db: self.rows.list_messages(db, session_id, after_seq, limit))
 
     async def messages_page(self, session_id: str, after_seq: int, limit: int) -> MessagesPage:
-        page, more = await self.read(lambda db: self.rows.messages_page(db, session_id, after_seq, limit))
-        return MessagesPage(msgspec.Raw(page), more)
+        page, more, settled = await self.read(lambda db: self.rows.messages_page(db, session_id, after_seq, limit))
+        return MessagesPage(msgspec.Raw(page), more, settled)
 
     async def get_message(self, message_id: str):
         return await self.read(lambda db: self.rows.get_message(db, message_id))

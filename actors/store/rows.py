@@ -113,13 +113,16 @@ MESSAGE_JSON = """json_patch('{}', json_object(
                   ELSE json_object('inputTokens', input_tokens, 'outputTokens', output_tokens) END))"""
 
 
-def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int, limit: int) -> tuple[bytes, bool]:
-    """The `messages` reply's list as ready JSON (no Python objects per message), and hasMore."""
-    page = db.execute(f"SELECT json_group_array(json(j)) FROM (SELECT {MESSAGE_JSON} AS j FROM messages"
+def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int,
+                  limit: int) -> tuple[bytes, bool, bool]:
+    """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, and whether
+    the page is full and every message on it complete (so it can never change)."""
+    page = db.execute(f"SELECT json_group_array(json(j)), COUNT(*), TOTAL(status='complete') FROM"
+                      f" (SELECT {MESSAGE_JSON} AS j, status FROM messages"
                       " WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?)", (session_id, after_seq, limit)).fetchone()
     more = db.execute("SELECT 1 FROM messages WHERE session_id=? AND seq>? ORDER BY seq LIMIT 1 OFFSET ?",
                       (session_id, after_seq, limit)).fetchone()
-    return page[0].encode(), more is not None
+    return page[0].encode(), more is not None, page[1] == limit and page[2] == limit
 
 
 def get_message(db: sqlite3.Connection, message_id: str) -> Message | None:
