@@ -24,6 +24,10 @@ log = structlog.get_logger("relay")
 BATCH = 256
 ACK_TIMEOUT = 5.0  # seconds to wait for JetStream to acknowledge a batch
 DEDUP_WINDOW_SECONDS = 600.0  # longer than any retry of one outbox row
+# After a kick, wait this long so the sends committing meanwhile go out in the same message. At
+# 500 sends/s each send otherwise got a relay round of its own (an outbox read, a JetStream publish
+# and its ack, a delete committed and fsynced); a reply starts at most this much later.
+GATHER_SECONDS = 0.005
 
 
 async def ensure_stream(js: JetStreamContext, replicas: int = 1) -> None:
@@ -68,6 +72,7 @@ class Relay:
                 async with asyncio.timeout(self.interval):
                     await self.wakeup.wait()
             self.wakeup.clear()
+            await asyncio.sleep(GATHER_SECONDS)
             try:
                 while await self.relay_once() == BATCH:
                     pass
