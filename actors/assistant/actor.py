@@ -168,7 +168,7 @@ class AssistantActor:
 
     async def pump(self, uid: str, sid: str, gen: Generation, stream) -> None:
         """Read chunks; publish deltas at most every delta_interval_ms, store the content so far at most
-        every SAVE_EVERY seconds (renewing the lease), and keep the delivery alive."""
+        every SAVE_EVERY seconds (renewing the lease)."""
         interval = self.settings.delta_interval_ms / 1000
         chunks = aiter(stream)
         last_flush = last_save = time.monotonic()

@@ -38,13 +38,20 @@ class OutboxItem(msgspec.Struct, frozen=True):
     dedup_id: str
 
 
-class MessagesPage(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
-    """The `messages` reply with its list already encoded by the store; `settled` (never sent) says
-    the page is full and all its messages complete, so it cannot change."""
+class MessagesPage(msgspec.Struct, frozen=True, rename="camel"):
+    """The `messages` reply with its list already encoded by the store."""
 
     messages: msgspec.Raw
     has_more: bool
-    settled: bool = False
+
+
+class StoredPage(msgspec.Struct, frozen=True):
+    """A page as the store read it: the encoded list, hasMore, and whether it is settled (full, and
+    every message on it complete, so it can never change)."""
+
+    messages: msgspec.Raw
+    has_more: bool
+    settled: bool
 
 
 class ReplyContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -76,7 +83,7 @@ class Store(Protocol):
     async def find_send(self, session_id: str, client_message_id: str) -> tuple[Message, Message] | None: ...
     async def append_send(self, send: NewSend) -> None: ...
     async def list_messages(self, session_id: str, after_seq: int, limit: int) -> tuple[list[Message], bool]: ...
-    async def messages_page(self, session_id: str, after_seq: int, limit: int) -> MessagesPage: ...
+    async def messages_page(self, session_id: str, after_seq: int, limit: int) -> StoredPage: ...
     async def get_message(self, message_id: str) -> Message | None: ...
     async def grant(self, uid: str, sub: str, document_id: str, role: str, now: int) -> None: ...
     async def revoke(self, uid: str, document_id: str) -> None: ...

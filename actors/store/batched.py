@@ -16,7 +16,7 @@ import structlog
 
 from contracts.errors import Unavailable
 
-from .base import Claim, MessagesPage, NewSend, OutboxItem, SessionState
+from .base import Claim, NewSend, OutboxItem, SessionState, StoredPage
 
 log = structlog.get_logger("store")
 MAX_BATCH = 256
@@ -109,9 +109,9 @@ class BatchedStore:
     async def list_messages(self, session_id: str, after_seq: int, limit: int):
         return await self.read(lambda db: self.rows.list_messages(db, session_id, after_seq, limit))
 
-    async def messages_page(self, session_id: str, after_seq: int, limit: int) -> MessagesPage:
+    async def messages_page(self, session_id: str, after_seq: int, limit: int) -> StoredPage:
         page, more, settled = await self.read(lambda db: self.rows.messages_page(db, session_id, after_seq, limit))
-        return MessagesPage(msgspec.Raw(page), more, settled)
+        return StoredPage(msgspec.Raw(page), more, settled)
 
     async def get_message(self, message_id: str):
         return await self.read(lambda db: self.rows.get_message(db, message_id))
