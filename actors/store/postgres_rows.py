@@ -142,12 +142,10 @@ MESSAGE_JSON = """jsonb_strip_nulls(jsonb_build_object(
     'usage', CASE WHEN input_tokens IS NULL THEN NULL
                   ELSE jsonb_build_object('inputTokens', input_tokens, 'outputTokens', output_tokens) END))"""
 # Packed text unpacked inside the JSON text: U+FFFF "0" becomes the escape \u0000, U+FFFF "F" U+FFFF.
-PAGE_SQL = f"""SELECT replace(replace(
-        (SELECT COALESCE(json_agg(j ORDER BY seq), '[]'::json) FROM (SELECT seq, {MESSAGE_JSON} AS j FROM messages
-         WHERE session_id=$1 AND seq>$2 ORDER BY seq LIMIT $3) t)::text, $4, '\\u0000'), $5, $6),
+PAGE_SQL = f"""SELECT replace(replace(COALESCE(json_agg(j ORDER BY seq), '[]'::json)::text, $4, '\\u0000'), $5, $6),
     EXISTS (SELECT 1 FROM messages WHERE session_id=$1 AND seq>$2 ORDER BY seq OFFSET $3 LIMIT 1),
-    (SELECT COUNT(*) = $3 AND bool_and(status = 'complete') FROM (SELECT status FROM messages
-     WHERE session_id=$1 AND seq>$2 ORDER BY seq LIMIT $3) s)"""
+    COUNT(*) = $3 AND COALESCE(bool_and(status = 'complete'), false)
+    FROM (SELECT seq, status, {MESSAGE_JSON} AS j FROM messages WHERE session_id=$1 AND seq>$2 ORDER BY seq LIMIT $3) t"""
 
 
 async def messages_page(db: Connection, session_id: str, after_seq: int,
@@ -155,7 +153,7 @@ async def messages_page(db: Connection, session_id: str, after_seq: int,
     """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, and whether
     the page is full and every message on it complete (so it can never change)."""
     row = await db.fetchrow(PAGE_SQL, session_id, after_seq, limit, ESC + "0", ESC + "F", ESC)
-    return row[0].encode(), row[1], bool(row[2])
+    return row[0].encode(), row[1], row[2]
 
 
 async def get_message(db: Connection, message_id: str) -> Message | None:
