@@ -122,6 +122,14 @@ async def settle(*conns: Client) -> None:
     await asyncio.sleep(0.05)
 
 
+async def arrived(got: list[Msg], count: int, timeout: float = 3.0) -> list[Msg]:
+    """Waits until `count` messages are in `got` (a loaded CI machine can take longer than settle)."""
+    deadline = time.monotonic() + timeout
+    while len(got) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    return got
+
+
 @pytest.fixture
 async def alice(gw_server, gw_callout) -> AsyncIterator[User]:
     user = await connect_user(gw_server.url, "alice")
@@ -165,7 +173,7 @@ async def test_the_service_user_uses_any_chat_subject(gw_server, service):
     for subject in ("chat.internal.replies.s1", "chat.u.bob.sessions.s1.events", "chat.admin.documents.grant"):
         await service.publish(subject, b"x")
     await settle(service)
-    assert [m.subject for m in got] == ["chat.internal.replies.s1", "chat.u.bob.sessions.s1.events",
+    assert [m.subject for m in await arrived(got, 3)] == ["chat.internal.replies.s1", "chat.u.bob.sessions.s1.events",
                                         "chat.admin.documents.grant"]
 
 
@@ -211,6 +219,7 @@ async def test_requests_are_sealed_so_only_the_callout_reads_tokens(gw_server, g
         user = await connect_user(gw_server.url, "erin", token=token)
         await user.nc.close()
         await settle(spy)
+        await arrived(seen, 1)
         assert seen and seen[0].headers and seen[0].headers.get(XKEY_HEADER, "").startswith("X")
         assert seen[0].data.startswith(b"xkv1") and token.encode() not in seen[0].data
     finally:
@@ -245,7 +254,9 @@ async def test_a_user_cannot_subscribe_beyond_its_events_and_inbox(alice, servic
                     "chat.u.alice.sessions.s1.events"):
         await service.publish(subject, b"x")
     await settle(service, alice.nc)
-    assert [m.subject for m in allowed] == ["chat.u.alice.sessions.s1.events"]
+    # The allowed message is published last: once it is in, the denied ones had their chance.
+    assert [m.subject for m in await arrived(allowed, 1)] == ["chat.u.alice.sessions.s1.events"]
+    await settle(service, alice.nc)
     assert all(g == [] for g in got)
     for subject in denied:
         assert alice.violations("subscription", subject), subject
@@ -257,7 +268,7 @@ async def test_a_user_cannot_answer_a_request_it_receives(alice, service):
     inbox = await collect(alice.nc, "_INBOX_alice.probe")
     await service.publish("_INBOX_alice.probe", b"x", reply="chat.internal.trap")
     await settle(service, alice.nc)
-    assert len(inbox) == 1
+    assert len(await arrived(inbox, 1)) == 1
     await inbox[0].respond(b"answer")
     await settle(alice.nc, service)
     assert got == [] and alice.violations("publish", "chat.internal.trap")
