@@ -102,22 +102,26 @@ def list_messages(db: sqlite3.Connection, session_id: str, after_seq: int, limit
     return [message_of(r) for r in rows[:limit]], len(rows) > limit
 
 
-# One message as PROTOCOL.md's JSON, made by SQLite; json_patch onto {} drops the null members.
-MESSAGE_JSON = """json_patch('{}', json_object(
-    'id', id, 'sessionId', session_id, 'seq', seq, 'role', role, 'content', content, 'status', status,
-    'createdAt', created_at, 'updatedAt', updated_at,
-    'error', CASE WHEN error_code IS NULL THEN NULL
-                  ELSE json_object('code', error_code, 'message', COALESCE(error_message, '')) END,
-    'replyTo', reply_to, 'model', model,
-    'usage', CASE WHEN input_tokens IS NULL THEN NULL
-                  ELSE json_object('inputTokens', input_tokens, 'outputTokens', output_tokens) END))"""
+# One message as PROTOCOL.md's JSON, made by SQLite, null members left out. One printf over
+# json_quote'd strings: twice as fast as json_patch('{}', json_object(...)), which parsed every
+# object again to drop its nulls. json_quote escapes NUL, so printf's %s never meets one.
+MESSAGE_JSON = """printf('{"id":%s,"sessionId":%s,"seq":%d,"role":%s,"content":%s,"status":%s,"createdAt":%d,\
+"updatedAt":%d%s%s%s%s}',
+    json_quote(id), json_quote(session_id), seq, json_quote(role), json_quote(content), json_quote(status),
+    created_at, updated_at,
+    CASE WHEN error_code IS NULL THEN '' ELSE printf(',"error":{"code":%s,"message":%s}',
+        json_quote(error_code), json_quote(COALESCE(error_message, ''))) END,
+    CASE WHEN reply_to IS NULL THEN '' ELSE ',"replyTo":' || json_quote(reply_to) END,
+    CASE WHEN model IS NULL THEN '' ELSE ',"model":' || json_quote(model) END,
+    CASE WHEN input_tokens IS NULL THEN '' ELSE printf(',"usage":{"inputTokens":%d,"outputTokens":%d}',
+        input_tokens, output_tokens) END)"""
 
 
 def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int,
                   limit: int) -> tuple[bytes, bool, bool]:
     """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, and whether
     the page is full and every message on it complete (so it can never change)."""
-    page = db.execute(f"SELECT json_group_array(json(j)), COUNT(*), TOTAL(status='complete') FROM"
+    page = db.execute(f"SELECT '[' || COALESCE(group_concat(j, ','), '') || ']', COUNT(*), TOTAL(status='complete') FROM"
                       f" (SELECT {MESSAGE_JSON} AS j, status FROM messages"
                       " WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?)", (session_id, after_seq, limit)).fetchone()
     more = db.execute("SELECT 1 FROM messages WHERE session_id=? AND seq>? ORDER BY seq LIMIT 1 OFFSET ?",
