@@ -82,7 +82,8 @@ async def test_reply_streams_then_completes_with_model_and_usage(chat, fake):
 
 async def test_partial_content_is_readable_while_streaming(chat, fake):
     alice, sid = chat
-    fake.script(Reply(["one ", "two ", "three"], delay=0.4))
+    # Five chunks 0.4 s apart: the reply is still streaming a second after the read below.
+    fake.script(Reply(["one ", "two ", "three ", "four ", "five"], delay=0.4))
     events = await alice.subscribe(sid)
     sent = await alice.send(sid, "count", "")
     while True:
