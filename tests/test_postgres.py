@@ -17,8 +17,10 @@ import pytest
 
 from actors.settings import Settings
 from actors.store import open_store
+from actors.store.base import NewSend
 from actors.store.postgres import PostgresStore
 from contracts.errors import Unavailable
+from contracts.models import Message
 from actors.pgserver import PgServer, new_database
 from tests.test_access import (  # noqa: F401 - tests and fixtures, run again here
     documents, service_settings, test_a_hashed_user_admitted_by_the_callout_keeps_its_sub,
@@ -115,3 +117,59 @@ async def test_a_database_crash_answers_unavailable_then_the_store_recovers():
                     break
             assert sub == "sub-c"
             assert (await store.user_sub("a"), await store.user_sub("b")) == ("sub-a", "b")
+
+
+async def test_a_reply_whose_row_is_held_past_the_lock_timeout_still_completes_without_starting_over(
+        settings, chat, fake):
+    """Another transaction (another host's claim, a stalled writer) holds the streaming reply's row for
+    longer than the writer's lock_timeout: the progress save it blocks is skipped, not a crash that
+    threw the reply away and cost it one of its attempts."""
+    alice, sid = chat
+    chunks = [f"w{i} " for i in range(8)]
+    fake.script(Reply(chunks, delay=0.3))
+    events = await alice.subscribe(sid)
+    sent = await alice.send(sid, "slow one", "")
+    seen = []
+    while not any(isinstance(e, DeltaEvent) for e in seen):
+        seen.append(await events.next(5))
+    streaming_from = len(seen)  # the reply's pending event from the send came before this
+    other = await asyncpg.connect(settings.store_url)
+    try:
+        async with other.transaction():
+            await other.execute("SELECT 1 FROM messages WHERE id=$1 FOR UPDATE", sent.reply.id)
+            await asyncio.sleep(2.6)  # the writer gives up on a lock after 2 s
+        more, final = await until_ended(events, sent.reply.id, timeout=15)
+        attempts = await other.fetchval("SELECT attempts FROM messages WHERE id=$1", sent.reply.id)
+    finally:
+        await other.close()
+    assert final.status == "complete" and final.content == "".join(chunks)
+    seen += more
+    restarts = [e for e in seen[streaming_from:] if isinstance(e, MessageEvent) and e.message.id == sent.reply.id
+                and e.message.status == "pending"]
+    assert restarts == [], "the reply started over"
+    assert attempts == 1
+    assert deltas_text(seen, sent.reply.id) == final.content
+
+
+async def test_a_claim_on_a_reply_another_transaction_is_writing_answers_busy_without_waiting(settings):
+    """Two hosts nudged about one reply: the second claim does not wait on the first one's row lock
+    (which held its whole group commit, and could deadlock two hosts' batches): someone has it."""
+    async with PostgresStore(settings.store_url) as store:
+        await store.get_or_create_session("alice", "doc", "sid1", 1)
+        user = Message(id="u1", session_id="sid1", seq=1, role="user", content="hi", status="complete",
+                       created_at=1, updated_at=1)
+        reply = Message(id="a1", session_id="sid1", seq=2, role="assistant", content="", status="pending",
+                        created_at=1, updated_at=1, reply_to="u1")
+        await store.append_send(NewSend(user=user, reply=reply, client_message_id=None, document_xml="<d/>",
+                                        reply_subject="x", reply_payload=b"{}", dedup_id="d1"))
+        other = await asyncpg.connect(settings.store_url)
+        try:
+            async with other.transaction():
+                await other.execute("SELECT 1 FROM messages WHERE id='a1' FOR UPDATE")
+                held = await store.claim_reply("a1", "t1", 2, 15_000, 3)
+            free = await store.claim_reply("a1", "t2", 3, 15_000, 3)
+        finally:
+            await other.close()
+        assert held.state == "busy"
+        assert free.state == "claimed" and not free.restarted  # the busy answer took no attempt
+        assert (await store.claim_reply("gone-id", "t3", 4, 15_000, 3)).state == "gone"

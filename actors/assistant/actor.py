@@ -14,6 +14,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from contracts.codec import encode
+from contracts.errors import Unavailable
 from contracts.events import DeltaEvent, MessageEvent
 from contracts.models import Message
 from contracts.requests import MessageReply
@@ -163,8 +164,37 @@ class AssistantActor:
         finally:
             gen.task = None
         await self.flush(uid, sid, gen)
-        return await self.store.finish_reply(gen.message_id, gen.token, status, gen.content, now_ms(),
-                                             error=error, model=model, usage=usage)
+        return await self.finish(gen, status, error, model, usage)
+
+    async def finish(self, gen: Generation, status: str, error, model, usage) -> Message | None:
+        """Store the reply's end; while storage is busy, try again for up to half the lease (a crash
+        here would throw the whole reply away and cost it one of its attempts)."""
+        deadline = time.monotonic() + self.lease_ms / 2000
+        pause = 0.05
+        while True:
+            try:
+                return await self.store.finish_reply(gen.message_id, gen.token, status, gen.content, now_ms(),
+                                                     error=error, model=model, usage=usage)
+            except Unavailable as exc:
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("reply_end_not_stored", message_id=gen.message_id, error=str(exc), retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    async def save(self, gen: Generation) -> None:
+        """Store the content so far and renew the lease; ClaimLost if another worker took the reply.
+
+        Storage that is busy skips this save: the lease outlasts several saves, while a crash here
+        would throw the reply away and cost it one of its attempts."""
+        try:
+            held = await self.store.save_progress(gen.message_id, gen.token, gen.content, now_ms(), self.lease_ms,
+                                                  gen.streaming)
+        except Unavailable as exc:
+            log.warning("progress_not_saved", message_id=gen.message_id, error=str(exc))
+            return
+        if not held:
+            raise ClaimLost
 
     async def pump(self, uid: str, sid: str, gen: Generation, stream) -> None:
         """Read chunks; publish deltas at most every delta_interval_ms, store the content so far at most
@@ -198,9 +228,7 @@ class AssistantActor:
                     last_flush = now
                 if now - last_save >= (SAVE_EVERY if len(gen.content) > saved else self.renew_every):
                     last_save, saved = now, len(gen.content)
-                    if not await self.store.save_progress(gen.message_id, gen.token, gen.content, now_ms(),
-                                                          self.lease_ms, gen.streaming):
-                        raise ClaimLost
+                    await self.save(gen)
         finally:
             if pending is not None:  # let the chunk reader finish before the stream is closed
                 pending.cancel()
@@ -209,10 +237,8 @@ class AssistantActor:
     async def start_streaming(self, uid: str, sid: str, gen: Generation) -> None:
         """The first chunk came: store and announce the reply as streaming (its deltas follow)."""
         gen.streaming = True
-        now = now_ms()
-        if not await self.store.save_progress(gen.message_id, gen.token, "", now, self.lease_ms):
-            raise ClaimLost
-        streaming = msgspec.structs.replace(gen.reply, status="streaming", content="", updated_at=now)
+        await self.save(gen)
+        streaming = msgspec.structs.replace(gen.reply, status="streaming", content="", updated_at=now_ms())
         await self.events.publish(uid, sid, MessageEvent(message=streaming))
 
     async def flush(self, uid: str, sid: str, gen: Generation) -> None:

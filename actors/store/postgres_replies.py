@@ -14,9 +14,15 @@ UNFINISHED = "('pending', 'streaming')"
 
 async def claim(db: Connection, message_id: str, token: str, now: int, lease_ms: int, max_attempts: int) -> Claim:
     """Take the lease on a reply if it is free and its turn has come; say why not otherwise."""
+    # SKIP LOCKED: a row another transaction is writing (a claim from another host, its worker's
+    # progress) means someone has the reply now. Waiting for it held this whole group commit, every
+    # other reply's lease renewal with it, and two hosts' batches could deadlock on each other.
     row = await db.fetchrow("SELECT session_id, status, claim_until, turn, attempts, role FROM messages WHERE id=$1"
-                            " FOR UPDATE", message_id)
-    if row is None or row[5] != "assistant" or row[1] not in ("pending", "streaming"):
+                            " FOR UPDATE SKIP LOCKED", message_id)
+    if row is None:
+        status = await db.fetchval("SELECT status FROM messages WHERE id=$1 AND role='assistant'", message_id)
+        return Claim(state="busy" if status in ("pending", "streaming") else "gone")
+    if row[5] != "assistant" or row[1] not in ("pending", "streaming"):
         return Claim(state="gone")
     session_id, status, claim_until, turn, attempts, _ = row
     if claim_until is not None and claim_until >= now:
