@@ -192,11 +192,13 @@ class Load:
         deadline = float("inf") if cfg.count else time.perf_counter() + cfg.duration
         await self.phase(stats, deadline, cfg.count, progress=cfg.progress)
         stats.stop()
+        behind = self.tracker.unfinished(stats)  # the reply backlog the run left behind
         if self.docchat and cfg.events:
             await self.tracker.settle(2.0)
         rep = stats.report()
         if self.docchat and cfg.events:
             rep["events_missing"] = self.tracker.missing()
+            rep["replies"]["unfinished_at_end"] = behind
         return rep
 
     async def phase(self, stats: Stats, deadline: float, count: int, progress: bool) -> None:

@@ -49,6 +49,11 @@ class DeltaSeen(msgspec.Struct, tag="delta", tag_field="type", rename="camel"):
 _seen = msgspec.json.Decoder(MessageSeen | DeltaSeen)
 
 
+def decode_event(data: bytes) -> MessageSeen | DeltaSeen:
+    """The fields the load reads of one published event body."""
+    return _seen.decode(data)
+
+
 class Tracker:
     """Pairs send start times with the `message` / `delta` events of the user and assistant messages."""
 
@@ -115,7 +120,7 @@ class Tracker:
 
         async def on_msg(msg: Msg) -> None:
             if msg.subject.startswith(start):
-                self.on_event(_seen.decode(msg.data), time.perf_counter())
+                self.on_event(decode_event(msg.data), time.perf_counter())
 
         self.sub = await nc.subscribe(f"{PREFIX}.*.sessions.*.events", cb=on_msg, pending_msgs_limit=1_000_000,
                                       pending_bytes_limit=1 << 30)
@@ -128,6 +133,10 @@ class Tracker:
     def missing(self) -> int:
         """Answered sends whose user `message` event has not arrived."""
         return sum(1 for _, stats in self.user_sent.values() if stats is self.stats)
+
+    def unfinished(self, stats: Stats) -> int:
+        """Answered sends of that phase whose reply has not ended (complete, failed or cancelled) yet."""
+        return sum(1 for _, phase, _ in self.reply_sent.values() if phase is stats)
 
     async def settle(self, timeout: float) -> None:
         """Wait up to timeout for the user events of answered sends to arrive."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from bench.echo import ECHO_PREFIX, EchoResponder
 from bench.load import LoadConfig, run_load
+from bench.stats import format_report
+from bench.tracker import Tracker, decode_event
 
 
 async def test_load_report_counts_every_request_per_endpoint_with_no_errors(host, nc):
@@ -17,6 +19,30 @@ async def test_load_report_counts_every_request_per_endpoint_with_no_errors(host
     assert set(counts) <= {"send", "messages"} and sum(counts.values()) == 120
     assert report["event_delivery"]["count"] == counts["send"]
     assert report["events_missing"] == 0
+
+
+async def test_load_report_says_how_many_replies_were_left_unfinished(host, nc):
+    cfg = LoadConfig(users=1, sessions_per_user=2, concurrency=2, count=10, warmup=0, mix={"send": 1},
+                     document_bytes=64, progress=False)
+    report = await run_load(nc, cfg)  # this host runs no assistant: no reply ever ends
+
+    assert report["replies"]["unfinished_at_end"] == report["endpoints"]["send"]["count"] == 10
+    assert "replies not ended when the run ended: 10 of 10 sends (the assistant is behind" in format_report("r", report)
+
+
+def test_a_reply_that_ended_no_longer_counts_as_unfinished():
+    tracker = Tracker()
+    stats = tracker.reset()
+    tracker.on_send(0.0, "u1", "r1")
+    tracker.on_send(0.0, "u2", "r2")
+    tracker.on_event(decode_event(b'{"type":"message","message":{"id":"r1","sessionId":"s","seq":2,"role":"assistant",'
+                                  b'"content":"hi","status":"complete","createdAt":1,"updatedAt":2}}'), 0.02)
+    later = tracker.reset()  # the next phase's sends are not this one's backlog
+    tracker.on_send(0.0, "u3", "r3")
+
+    assert tracker.unfinished(stats) == 1
+    assert tracker.unfinished(later) == 1
+    assert len(stats.complete) == 1
 
 
 async def test_echo_floor_answers_the_same_mix(nc):
