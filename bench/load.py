@@ -198,7 +198,7 @@ class Load:
         rep = stats.report()
         if self.docchat and cfg.events:
             rep["events_missing"] = self.tracker.missing()
-            rep["replies"]["unfinished_at_end"] = behind
+            rep["replies_unfinished"] = behind
         return rep
 
     async def phase(self, stats: Stats, deadline: float, count: int, progress: bool) -> None:

@@ -144,14 +144,12 @@ def format_report(title: str, rep: dict[str, Any]) -> str:
             lines.append(f"  {label:<12}{ev['count']:>9}{'':>10}{ev['p50_ms']:>9.2f}{ev['p90_ms']:>9.2f}"
                          f"{ev['p99_ms']:>9.2f}{ev['max_ms']:>9.2f}  (send → message event)")
     for label, ev in rep.get("replies", {}).items():
-        if label == "unfinished_at_end":
-            continue
         if isinstance(ev, dict):
             lines.append(f"  {label:<12}{ev['count']:>9}{'':>10}{ev['p50_ms']:>9.2f}{ev['p90_ms']:>9.2f}"
                          f"{ev['p99_ms']:>9.2f}{ev['max_ms']:>9.2f}  (send → reply)")
         elif "replies" in rep and rep.get("event_delivery") != "n/a":
             lines.append(f"  {label:<12}      n/a")
-    behind, sends = rep.get("replies", {}).get("unfinished_at_end"), rep["endpoints"].get("send", {}).get("count")
+    behind, sends = rep.get("replies_unfinished"), rep["endpoints"].get("send", {}).get("count")
     if behind is not None and sends:
         hint = " (the assistant is behind or not running)" if behind > sends / 10 else ""
         lines.append(f"  replies not ended when the run ended: {behind} of {sends} sends{hint}")

@@ -26,7 +26,7 @@ async def test_load_report_says_how_many_replies_were_left_unfinished(host, nc):
                      document_bytes=64, progress=False)
     report = await run_load(nc, cfg)  # this host runs no assistant: no reply ever ends
 
-    assert report["replies"]["unfinished_at_end"] == report["endpoints"]["send"]["count"] == 10
+    assert report["replies_unfinished"] == report["endpoints"]["send"]["count"] == 10
     assert "replies not ended when the run ended: 10 of 10 sends (the assistant is behind" in format_report("r", report)
 
 
