@@ -15,6 +15,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from contracts.barrier import flushed
 from contracts.codec import decode_request
 from contracts.errors import BadRequest, NotFound, NotOwner, TooLarge
 from contracts.requests import (ByDocument, Cancel, GetOrCreate, GetUsage, Grant, ListMessages, Retry, Revoke,
@@ -91,7 +92,7 @@ class Endpoints:
             await self.service.add_endpoint(name=name, subject=subject, handler=self.handler(name, route),
                                             queue_group=self.queue_group)
         if flush:
-            await self.nc.flush()  # the server knows every subscription before we say we are ready
+            await flushed(self.nc)  # the server knows every subscription before we say we are ready
 
     async def stop(self) -> None:
         if self.service is not None:

@@ -21,6 +21,8 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
+from contracts.barrier import flushed
+
 ECHO_PREFIX = "bench.echo"
 SESSION_VERBS = ("send", "messages", "cancel", "retry")
 USER_VERBS = ("getOrCreate", "byDocument")
@@ -101,7 +103,7 @@ async def serve(url: str, user: str, password: str, prefix: str) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     async with EchoResponder(nc, prefix):
-        await nc.flush()
+        await flushed(nc)
         print("ready", flush=True)
         await stop.wait()
     await nc.close()

@@ -14,6 +14,7 @@ from nats.aio.subscription import Subscription
 
 from . import requests as rq
 from .codec import decoder, encode, error_decoder, event_decoder
+from .barrier import flushed
 from .errors import DocchatError, Unavailable, from_detail
 from .events import AnyEvent
 from .models import Message, Session
@@ -89,7 +90,7 @@ class DocchatClient:
     async def subscribe(self, sid: str) -> "EventStream":
         """Subscribe to a session's events; do it before reading history (PROTOCOL.md)."""
         sub = await self.nc.subscribe(events_subject(self.uid, sid))
-        await self.nc.flush()
+        await flushed(self.nc)
         return EventStream(sub)
 
 

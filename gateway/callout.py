@@ -16,6 +16,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from actors.settings import Settings
+from contracts.barrier import flushed
 
 from . import natsjwt, permissions
 from .keys import CalloutKeys
@@ -50,7 +51,7 @@ class AuthCallout:
         if self._sub is None:
             # A queue group: with several hosts, one of them answers each connecting client.
             self._sub = await self._nc.subscribe(SUBJECT, queue="docchat-callout", cb=self._on_request)
-            await self._nc.flush()
+            await flushed(self._nc)
             log.info("callout_started", account=self._account, issuer=self._keys.signer.public_key)
 
     async def stop(self) -> None:

@@ -10,6 +10,7 @@ import nats
 import pytest
 
 from actors.host import running
+from contracts.barrier import flushed
 from contracts.client import DocchatClient
 from contracts.errors import Forbidden, Unavailable
 from contracts.subjects import user_token
@@ -39,7 +40,7 @@ async def documents(nc):
         await msg.respond(json.dumps({"allowed": (question["userId"], question["documentId"]) in allowed}).encode())
 
     sub = await nc.subscribe("test.documents.access", cb=answer)
-    await nc.flush()
+    await flushed(nc)
     yield allowed, asked
     await sub.unsubscribe()
 
@@ -106,7 +107,7 @@ async def test_a_revoke_made_by_another_host_takes_effect_at_once_here(settings,
         await h.store.revoke("alice", "doc")
         await h.store.revoke("bob", "doc")
         await announce_change(nc, "alice", "doc")
-        await nc.flush()
+        await flushed(nc)
         await asyncio.sleep(0.05)
         with pytest.raises(Forbidden):
             await alice.send(a, "two")

@@ -26,6 +26,7 @@ from typing import Awaitable, Callable
 
 import structlog
 
+from contracts.barrier import flushed
 from contracts.subjects import PARTITIONS
 
 from ..deps import Deps
@@ -112,7 +113,7 @@ class LeasedOwnership(Ownership):
                 await self.serve(number, dataclasses.replace(self.deps, store=self.leases.fenced(number, epoch)),
                                  epoch, flush=False)
             if won:
-                await self.deps.nc.flush()
+                await flushed(self.deps.nc)
                 log.info("partitions_taken", host=self.host, partitions=sorted(won), held=len(self.partitions),
                          live_hosts=self.live_hosts)
 

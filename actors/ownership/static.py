@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contracts.barrier import flushed
 from contracts.subjects import PARTITIONS
 
 from .partition import Ownership
@@ -14,7 +15,7 @@ class StaticOwnership(Ownership):
         try:
             for number in range(PARTITIONS):
                 await self.serve(number, self.deps, flush=False)
-            await self.deps.nc.flush()  # the server knows every subscription before we say we are ready
+            await flushed(self.deps.nc)  # the server knows every subscription before we say we are ready
         except BaseException:
             await self.leave_all()
             raise
