@@ -16,8 +16,12 @@ from contracts.subjects import cancel_subject
 from ..deps import Deps
 from ..store import SessionState
 
-ASK_TIMEOUT = 3.0
-TRIES = 5
+# Short asks, many tries (15 s of asking a live assistant, as 5 asks of 3 s were): an ask lost on
+# the way costs one ASK_TIMEOUT, then the store shows the reply ended. nats-py's Subscription.drain()
+# loses the asks that reach the assistant as it stops listening, because its PING overtakes its UNSUB
+# (contracts/barrier.py). A reply a vanished worker still holds answers 503 after about 2 s of tries.
+ASK_TIMEOUT = 0.5
+TRIES = 30
 decode_reply = msgspec.json.Decoder(MessageReply).decode
 
 
