@@ -115,7 +115,7 @@ async def test_retry_after_is_waited_for_when_small_and_not_when_large(fake, cli
     started = time.monotonic()
     error, _ = await failure(model)
     assert (error.code, len(fake.requests)) == ("model_unavailable", 1)
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 5.0  # not the 60 s asked for (slack for a loaded CI machine)
 
 
 async def test_refused_requests_are_not_retried(fake, client):
@@ -133,7 +133,7 @@ async def test_a_stall_after_text_raises_model_timeout_within_the_stall_time(fak
     error, chunks = await failure(AnthropicModel(client, model_settings()))
     elapsed = time.monotonic() - started
     assert (error.code, chunks, len(fake.requests)) == ("model_timeout", ["one ", "two "], 1)
-    assert STALL <= elapsed < STALL + 0.5
+    assert STALL <= elapsed < STALL + 2.0  # cut at the stall, well before the 5 s overall timeout
     assert await fake.wait_streams_closed(1.0)
 
 
