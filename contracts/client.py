@@ -13,8 +13,8 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from . import requests as rq
-from .codec import decoder, encode, error_decoder, event_decoder
 from .barrier import flushed
+from .codec import decoder, encode, error_decoder, event_decoder
 from .errors import DocchatError, Unavailable, from_detail
 from .events import AnyEvent
 from .models import Message, Session
