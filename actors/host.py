@@ -13,11 +13,11 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-import nats
 import nats.errors
 import structlog
 from nats.aio.client import Client
 
+from contracts.barrier import OrderedClient
 from gateway.callout import AuthCallout
 from gateway.keys import load_keys
 
@@ -64,7 +64,7 @@ async def connect(settings: Settings, url: str, name: str, user: str = "", passw
     async def on_reconnect() -> None:
         log.info("nats_reconnected", connection=name)
 
-    nc = nats.NATS()
+    nc = OrderedClient()  # flush() and drain() as barriers (contracts/barrier.py)
     await nc.connect(url.split(","), user=user or settings.nats_user, password=password or settings.service_password,
                      name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5, error_cb=on_error,
                      disconnected_cb=on_disconnect, reconnected_cb=on_reconnect)

@@ -1,6 +1,8 @@
-"""A real barrier on a nats-py connection: the server has processed everything sent on it so far."""
+"""Real barriers on nats-py connections: the server has processed everything sent on them so far."""
 
 from __future__ import annotations
+
+import asyncio
 
 from nats.aio.client import Client
 
@@ -10,6 +12,24 @@ async def flushed(nc: Client) -> None:
 
     nats-py 2.16's `flush()` writes its PING straight to the socket, ahead of the commands still
     queued for its flusher task, so its PONG can come back before the server has seen them. The
-    first flush lets the flusher write that queue; the second PING follows it on the wire."""
+    first flush lets the flusher write that queue; the second PING follows it on the wire. Works on
+    any Client; on an OrderedClient one flush() is enough."""
     await nc.flush()
     await nc.flush()
+
+
+class OrderedClient(Client):
+    """A nats-py Client whose PINGs go out behind the commands queued before them.
+
+    So its `flush()` is a barrier, and `Subscription.drain()` (UNSUB, then a PING round trip, then
+    the messages left) no longer drops a message the server routed between a PING that overtook the
+    UNSUB and the UNSUB itself: with the stock Client, requests sent to a draining responder time out."""
+
+    async def _send_ping(self, future: asyncio.Future | None = None) -> None:
+        # Overrides nats-py's private method, the one place the PING jumps the queue; tests/test_barrier.py
+        # checks the wire order, so a nats-py release that changes this shows there.
+        if self.is_connected and self._pending and self._transport is not None:
+            self._transport.writelines(self._pending)
+            self._pending = []
+            self._pending_data_size = 0
+        await super()._send_ping(future)

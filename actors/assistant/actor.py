@@ -121,8 +121,8 @@ class AssistantActor:
     @staticmethod
     async def stop_listening(sub: Subscription) -> None:
         """Unsubscribe from cancels, but answer those the server routed here before it heard of it
-        (a plain unsubscribe dropped them all). nats-py can still lose one routed right as the UNSUB
-        lands (contracts/barrier.py); the session actor asks again after a short timeout."""
+        (a plain unsubscribe dropped them all). On the service's OrderedClient the drain's PING follows
+        its UNSUB, so none is lost in between (contracts/barrier.py)."""
         try:
             await sub.drain()
         except Exception:  # noqa: BLE001 - connection closing: late cancels fall back to the store

@@ -17,9 +17,11 @@ from ..deps import Deps
 from ..store import SessionState
 
 # Short asks, many tries (15 s of asking a live assistant, as 5 asks of 3 s were): an ask lost on
-# the way costs one ASK_TIMEOUT, then the store shows the reply ended. nats-py's Subscription.drain()
-# loses the asks that reach the assistant as it stops listening, because its PING overtakes its UNSUB
-# (contracts/barrier.py). A reply a vanished worker still holds answers 503 after about 2 s of tries.
+# the way costs one ASK_TIMEOUT, then the store shows the reply ended. Stock nats-py's
+# Subscription.drain() lost asks that reached the assistant as it stopped listening (its PING
+# overtook its UNSUB); the service's OrderedClient no longer does (contracts/barrier.py), but an
+# assistant on another client may. A reply a vanished worker still holds answers 503 after about
+# 2 s of tries.
 ASK_TIMEOUT = 0.5
 TRIES = 30
 decode_reply = msgspec.json.Decoder(MessageReply).decode
