@@ -5,6 +5,7 @@ Each partition a host owns has its own service (actors/ownership); the admin sub
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Any, Callable
@@ -95,8 +96,10 @@ class Endpoints:
             await flushed(self.nc)  # the server knows every subscription before we say we are ready
 
     async def stop(self) -> None:
+        """Stop answering; requests the server routed here before it knew are still answered."""
         if self.service is not None:
             service, self.service = self.service, None
+            await drain_endpoints(service)
             await service.stop()
 
     async def __aenter__(self) -> "Endpoints":
@@ -139,3 +142,13 @@ class Endpoints:
             route.check(body)
         key = {"session": sid, "user": uid, "admin": "admin"}[route.owner]
         return key or "", Envelope(Call(uid, body), request)
+
+
+async def drain_endpoints(service: Service) -> None:
+    """Drain the service's endpoint subscriptions (micro's own stop only unsubscribes them, which drops
+    the requests the server routed here before it saw the UNSUB: their callers time out)."""
+    endpoints, service._endpoints = service._endpoints, []  # noqa: SLF001 - micro has no drain of its own
+    subs = [e._subscription for e in endpoints if e._subscription is not None]  # noqa: SLF001
+    for sub, outcome in zip(subs, await asyncio.gather(*(sub.drain() for sub in subs), return_exceptions=True)):
+        if isinstance(outcome, Exception):  # the connection is closing: what is still in flight is lost anyway
+            log.warning("endpoint_not_drained", subject=sub.subject, error=repr(outcome))
