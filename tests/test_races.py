@@ -61,8 +61,8 @@ async def test_a_cancel_racing_the_last_delta_keeps_content_and_deltas_equal(cha
 
 
 async def test_a_lost_cancel_ask_costs_one_short_ask_not_the_whole_wait(host, nc, admin, user):
-    """nats-py can lose an ask that reaches the assistant as it stops listening (contracts/barrier.py):
-    the session actor then finds the reply ended in the store after one short ask."""
+    """An ask can be lost on its way (stock nats-py's drain lost them as the assistant stopped listening,
+    contracts/barrier.py): the session actor then finds the reply ended in the store after one short ask."""
     await admin.grant("doc", "alice")
     alice = user("alice")
     sid = (await alice.get_or_create("doc")).session.id
