@@ -17,7 +17,7 @@ from contracts.subjects import user_token
 from gateway.devtoken import mint
 from tests.conftest import CALLOUT_PASSWORD
 
-SECRET = "test-access-secret"
+SECRET = "test-access-secret-long-enough-for-hs256-0123456789"
 
 
 @pytest.fixture
