@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -55,10 +56,14 @@ class AuthCallout:
             log.info("callout_started", account=self._account, issuer=self._keys.signer.public_key)
 
     async def stop(self) -> None:
-        """Stop answering (idempotent); clients connecting afterwards time out and are refused."""
+        """Stop answering (idempotent); clients connecting afterwards go to another host's callout,
+        or time out and are refused. Drained, so those the server already routed here are answered."""
         sub, self._sub = self._sub, None
         if sub is not None:
-            await sub.unsubscribe()
+            try:
+                await sub.drain()
+            except nats.errors.Error as exc:  # the connection is closing: nothing left to answer on
+                log.warning("callout_not_drained", error=repr(exc))
             log.info("callout_stopped")
 
     async def __aenter__(self) -> "AuthCallout":
