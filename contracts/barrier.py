@@ -21,9 +21,9 @@ async def flushed(nc: Client) -> None:
 class OrderedClient(Client):
     """A nats-py Client whose PINGs go out behind the commands queued before them.
 
-    So its `flush()` is a barrier, and `Subscription.drain()` (UNSUB, then a PING round trip, then
-    the messages left) no longer drops a message the server routed between a PING that overtook the
-    UNSUB and the UNSUB itself: with the stock Client, requests sent to a draining responder time out."""
+    So its `flush()` is a barrier, and `Subscription.drain()` (UNSUB, a PING round trip, then the
+    messages left) no longer drops what the server routes after the PING but before the UNSUB: with
+    the stock Client, some requests sent to a draining responder time out."""
 
     async def _send_ping(self, future: asyncio.Future | None = None) -> None:
         # Overrides nats-py's private method, the one place the PING jumps the queue; tests/test_barrier.py

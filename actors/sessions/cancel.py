@@ -19,9 +19,8 @@ from ..store import SessionState
 # Short asks, many tries (15 s of asking a live assistant, as 5 asks of 3 s were): an ask lost on
 # the way costs one ASK_TIMEOUT, then the store shows the reply ended. Stock nats-py's
 # Subscription.drain() lost asks that reached the assistant as it stopped listening (its PING
-# overtook its UNSUB); the service's OrderedClient no longer does (contracts/barrier.py), but an
-# assistant on another client may. A reply a vanished worker still holds answers 503 after about
-# 2 s of tries.
+# overtook its UNSUB); the service's OrderedClient no longer does (contracts/barrier.py). A reply
+# a vanished worker still holds answers 503 after about 2 s of tries.
 ASK_TIMEOUT = 0.5
 TRIES = 30
 decode_reply = msgspec.json.Decoder(MessageReply).decode
