@@ -68,7 +68,7 @@ def freeze_startup_heap() -> None:
 async def assistant_only(settings: Settings) -> None:
     """Run only the assistant (another process, same NATS and database) until SIGINT/SIGTERM."""
     from .assistant.service import Assistant
-    from .host import connect
+    from .host import close, connect
     from .store import open_store
 
     stop = asyncio.Event()
@@ -78,7 +78,7 @@ async def assistant_only(settings: Settings) -> None:
     url = settings.nats_url or f"nats://{settings.nats_host}:{settings.nats_port}"
     async with AsyncExitStack() as stack:
         nc = await connect(settings, url, "docchat-assistant")
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(close, nc)
         store = await stack.enter_async_context(open_store(settings))
         await stack.enter_async_context(Assistant(nc, store, settings))
         freeze_startup_heap()

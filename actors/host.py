@@ -1,9 +1,9 @@
 """The lifespan of one docchat process: build every part, start them in order, stop them in reverse.
 
 Shutdown order (exit runs bottom-up): the admin service stops → every partition's mailboxes close,
-its actors finish their queues and its service stops (leases are handed back) → the admin actor
+its actors finish their queues and its service drains (leases are handed back) → the admin actor
 finishes → the auth callout stops → the assistant stops (its running replies are handed back) → the
-relay publishes what is left → the store closes → NATS drains.
+relay publishes what is left → the store closes → NATS drains (in an outage, the connection just closes).
 """
 
 from __future__ import annotations
@@ -71,6 +71,19 @@ async def connect(settings: Settings, url: str, name: str, user: str = "", passw
     return nc
 
 
+async def close(nc: Client) -> None:
+    """Drain the connection (answer what was routed to us, flush what we publish), then close it; one
+    that is down just closes, since nothing more can reach the server through it."""
+    try:
+        await nc.drain()
+    except nats.errors.Error as exc:  # reconnecting or already closed (an outage at shutdown)
+        log.warning("nats_not_drained", error=repr(exc))
+        try:
+            await nc.close()
+        except OSError:  # nats-py flushes what it buffered for the reconnect into the dead socket
+            pass
+
+
 def make_access(settings: Settings, nc: Client, store: Store) -> Access:
     if settings.access_mode == "service":
         return ServiceAccess(nc, store, settings.documents_subject, settings.access_cache_seconds,
@@ -96,7 +109,7 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
     """Run the session actors and endpoints against the NATS server at url."""
     async with AsyncExitStack() as stack:
         nc = await connect(settings, url, "docchat-actors")
-        stack.push_async_callback(nc.drain)
+        stack.push_async_callback(close, nc)
         js = nc.jetstream()
         await ensure_stream(js, settings.stream_replicas)
         store = await stack.enter_async_context(open_store(settings))
@@ -111,7 +124,7 @@ async def running(settings: Settings, url: str) -> AsyncIterator[Host]:
             await stack.enter_async_context(Assistant(nc, store, settings))
         if settings.run_callout:
             callout_nc = await connect(settings, url, "docchat-callout", "callout", settings.callout_password)
-            stack.push_async_callback(callout_nc.drain)
+            stack.push_async_callback(close, callout_nc)
             await stack.enter_async_context(AuthCallout(
                 callout_nc, settings, load_keys(settings),
                 on_admit=lambda claims: store.remember_user(claims.uid, claims.sub)))

@@ -170,3 +170,17 @@ async def test_a_request_while_the_broker_is_down_fails_promptly_and_the_client_
             except (nats.errors.TimeoutError, nats.errors.NoRespondersError):
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
+
+
+async def test_the_service_stops_cleanly_and_promptly_while_the_broker_is_down(settings, broker):
+    # SIGTERM during an outage: the service must still shut down in order, not end in a NATS error.
+    async with running(service_settings(settings, broker), broker.url) as host:
+        await broker.stop()
+        deadline = time.monotonic() + 10
+        while host.nc.is_connected:
+            assert time.monotonic() < deadline, "the service never noticed the broker went away"
+            await asyncio.sleep(0.05)
+        began = time.monotonic()
+    took = time.monotonic() - began
+    assert host.nc.is_closed
+    assert took < 5, f"stopping took {took:.1f} s"
