@@ -99,7 +99,7 @@ async def requests_to_a_draining_responder(url: str, responder: Client, rounds: 
 
     async def ask(subject: str) -> None:
         try:
-            await sender.request(subject, b"", timeout=0.5)
+            await sender.request(subject, b"", timeout=2.0)  # far above an answer here
             outcomes["answered"] += 1
         except nats.errors.NoRespondersError:
             outcomes["no_responders"] += 1
