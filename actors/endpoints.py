@@ -16,7 +16,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 from nats.micro.service import Service
 
-from contracts.barrier import flushed
+from contracts.barrier import flushed, let_go
 from contracts.codec import decode_request
 from contracts.errors import BadRequest, NotFound, NotOwner, TooLarge
 from contracts.requests import (ByDocument, Cancel, GetOrCreate, GetUsage, Grant, ListMessages, Retry, Revoke,
@@ -148,7 +148,4 @@ async def drain_endpoints(service: Service) -> None:
     """Drain the service's endpoint subscriptions (micro's own stop only unsubscribes them, which drops
     the requests the server routed here before it saw the UNSUB: their callers time out)."""
     endpoints, service._endpoints = service._endpoints, []  # noqa: SLF001 - micro has no drain of its own
-    subs = [e._subscription for e in endpoints if e._subscription is not None]  # noqa: SLF001
-    for sub, outcome in zip(subs, await asyncio.gather(*(sub.drain() for sub in subs), return_exceptions=True)):
-        if isinstance(outcome, Exception):  # the connection is closing: what is still in flight is lost anyway
-            log.warning("endpoint_not_drained", subject=sub.subject, error=repr(outcome))
+    await asyncio.gather(*(let_go(e._subscription) for e in endpoints if e._subscription is not None))  # noqa: SLF001

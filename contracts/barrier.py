@@ -1,10 +1,14 @@
-"""Real barriers on nats-py connections: the server has processed everything sent on them so far."""
+"""Barriers on nats-py connections: once one returns, the server has processed what was sent before it."""
 
 from __future__ import annotations
 
 import asyncio
 
+import structlog
 from nats.aio.client import Client
+from nats.aio.subscription import Subscription
+
+log = structlog.get_logger("nats")
 
 
 async def flushed(nc: Client) -> None:
@@ -16,6 +20,15 @@ async def flushed(nc: Client) -> None:
     any Client; on an OrderedClient one flush() is enough."""
     await nc.flush()
     await nc.flush()
+
+
+async def let_go(sub: Subscription) -> None:
+    """Drain sub: stop its interest, but handle what the server routed to it before it knew. Never
+    raises: a connection that is closing or gone has nothing left to deliver, so that is logged."""
+    try:
+        await sub.drain()
+    except Exception as exc:  # noqa: BLE001 - closing, closed or draining: callers go on stopping
+        log.warning("subscription_not_drained", subject=sub.subject, error=repr(exc))
 
 
 class OrderedClient(Client):

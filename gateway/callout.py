@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
 from actors.settings import Settings
-from contracts.barrier import flushed
+from contracts.barrier import flushed, let_go
 
 from . import natsjwt, permissions
 from .keys import CalloutKeys
@@ -60,10 +59,7 @@ class AuthCallout:
         or time out and are refused. Drained, so those the server already routed here are answered."""
         sub, self._sub = self._sub, None
         if sub is not None:
-            try:
-                await sub.drain()
-            except nats.errors.Error as exc:  # the connection is closing: nothing left to answer on
-                log.warning("callout_not_drained", error=repr(exc))
+            await let_go(sub)
             log.info("callout_stopped")
 
     async def __aenter__(self) -> "AuthCallout":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -11,8 +10,8 @@ import msgspec
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
 
+from contracts.barrier import let_go
 from contracts.codec import encode
 from contracts.errors import Unavailable
 from contracts.events import DeltaEvent, MessageEvent
@@ -115,19 +114,10 @@ class AssistantActor:
         gen.final = final
         for request in gen.cancel_requests:
             await request.respond(encode(MessageReply(message=final)))
-        await self.stop_listening(sub)
+        # Drained, not unsubscribed: cancels the server routed here before it heard are answered with
+        # the end (on the service's OrderedClient none is lost in between, contracts/barrier.py).
+        await let_go(sub)
         return True
-
-    @staticmethod
-    async def stop_listening(sub: Subscription) -> None:
-        """Unsubscribe from cancels, but answer those the server routed here before it heard of it
-        (a plain unsubscribe dropped them all). On the service's OrderedClient the drain's PING follows
-        its UNSUB, so none is lost in between (contracts/barrier.py)."""
-        try:
-            await sub.drain()
-        except Exception:  # noqa: BLE001 - connection closing: late cancels fall back to the store
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     @staticmethod
     def on_cancel(gen: Generation, msg: Msg) -> None:
