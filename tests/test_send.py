@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from actors.store import open_store
 from contracts.errors import Forbidden, NotFound
 from contracts.events import MessageEvent
 from contracts.subjects import REPLY_STREAM
@@ -156,3 +157,35 @@ async def test_a_page_read_again_shows_what_changed_since_and_a_remembered_page_
     assert grown.messages == after.messages and grown.has_more
     tail = await alice.messages(session.id, after_seq=4, limit=4)
     assert tail.messages == [third.message, third.reply] and not tail.has_more
+
+
+async def test_a_page_read_again_shows_what_another_process_wrote_meanwhile(session, user, settings):
+    """The session actor remembers pages; a reply that an assistant in another process claims,
+    streams and ends (here: a second store on the same database) shows on the next read."""
+    alice = user("alice")
+    sent = await alice.send(session.id, "hello", "<d/>")
+
+    async def last():
+        return (await alice.messages(session.id)).messages[-1]
+
+    assert ((await last()).status, (await last()).content) == ("pending", "")
+    async with open_store(settings) as other:
+        assert (await other.claim_reply(sent.reply.id, "elsewhere", 10, 60_000, 3)).state == "claimed"
+        assert (await last()).updated_at == 10
+        await other.save_progress(sent.reply.id, "elsewhere", "half", 11, 60_000)
+        assert ((await last()).status, (await last()).content) == ("streaming", "half")
+        await other.finish_reply(sent.reply.id, "elsewhere", "complete", "half and whole", 12, model="m")
+    done = await last()
+    assert (done.status, done.content, done.model) == ("complete", "half and whole", "m")
+
+
+async def test_a_page_read_before_a_send_shows_the_new_messages_after_it(session, user):
+    alice = user("alice")
+    await alice.send(session.id, "one", "")
+    assert [m.seq for m in (await alice.messages(session.id)).messages] == [1, 2]
+    full = await alice.messages(session.id, limit=2)
+    assert [m.seq for m in full.messages] == [1, 2] and not full.has_more
+    await alice.send(session.id, "two", "")
+    assert [m.content for m in (await alice.messages(session.id)).messages] == ["one", "", "two", ""]
+    again = await alice.messages(session.id, limit=2)
+    assert [m.seq for m in again.messages] == [1, 2] and again.has_more

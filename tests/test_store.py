@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sqlite3
 
 import msgspec
 import pytest
 
 from actors.store import NewSend, SqliteStore
+from actors.store import rows
+from actors.store.sqlite import SCHEMA
 from contracts.codec import encode
 from contracts.models import Message
 
@@ -44,3 +48,74 @@ async def check_messages_page(store) -> None:
     assert [m["seq"] for m in json.loads(bytes(first.messages))] == [3, 4, 5] and first.has_more
     empty = await store.messages_page("sid1", 14, 3)
     assert json.loads(bytes(empty.messages)) == [] and not empty.has_more
+
+
+async def one_send(store, n: int) -> tuple[str, str]:
+    """A send of session sid1 (made if needed): (user message id, reply id)."""
+    await store.get_or_create_session("alice", "doc", "sid1", 1000)
+    user = Message(id=f"u{n}", session_id="sid1", seq=2 * n + 1, role="user", content=f"q{n}",
+                   status="complete", created_at=n, updated_at=n)
+    reply = Message(id=f"a{n}", session_id="sid1", seq=2 * n + 2, role="assistant", content="",
+                    status="pending", created_at=n, updated_at=n, reply_to=user.id)
+    await store.append_send(NewSend(user=user, reply=reply, client_message_id=None, document_xml="<d/>",
+                                    reply_subject="x", reply_payload=b"{}", dedup_id=f"d{n}"))
+    return user.id, reply.id
+
+
+async def test_a_page_key_holds_until_a_message_on_the_page_changes(tmp_path):
+    """Every change a reader could see (claim, progress, end, cancel, retry) breaks the key; giving a
+    claim up does not; a page of complete messages has nothing that could change."""
+    async with SqliteStore(tmp_path / "s.db") as store:
+        _, a0 = await one_send(store, 0)
+        _, a1 = await one_send(store, 1)
+        page = await store.messages_page("sid1", 0, 100)
+        assert not page.complete and json.loads(page.key.rowids) and page.key.revs == 0
+
+        async def after(change) -> list[dict] | None:
+            """Run change, then read with the last key: None when the store says the page is unchanged."""
+            nonlocal page
+            await change()
+            again = await store.messages_page("sid1", 0, 100, page.key)
+            if again.messages is None:
+                assert again.key == page.key
+                return None
+            page = again
+            return json.loads(bytes(again.messages))
+
+        assert await after(lambda: asyncio.sleep(0)) is None
+        assert (await after(lambda: store.claim_reply(a0, "t", 10, 60_000, 3)))[1]["status"] == "pending"
+        assert await after(lambda: store.release_reply(a0, "t")) is None
+        assert (await after(lambda: store.claim_reply(a0, "t2", 11, 60_000, 3)))[1]["updatedAt"] == 11
+        assert (await after(lambda: store.save_progress(a0, "t2", "par", 12, 60_000)))[1]["content"] == "par"
+        assert (await after(lambda: store.save_progress(a0, "t2", "part", 12, 60_000)))[1]["content"] == "part"
+        assert (await after(lambda: store.finish_reply(a0, "t2", "complete", "partly", 13)))[1]["status"] == "complete"
+        assert await after(lambda: asyncio.sleep(0)) is None
+        assert (await after(lambda: store.finish_reply(a1, None, "cancelled", "", 14)))[3]["status"] == "cancelled"
+        assert (await after(lambda: store.retry_reply(a1, 15, "x", b"{}", "d9")))[3]["status"] == "pending"
+        assert (await after(lambda: store.finish_reply(a1, None, "complete", "done", 16)))[3]["content"] == "done"
+        assert page.complete and page.key.rowids == "[]"
+
+
+async def test_a_file_from_before_page_keys_opens_and_works(tmp_path):
+    """A database written by a docchat without messages.rev gets the column on open, keeping its data."""
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path, isolation_level=None)
+    old.executescript("\n".join(line for line in SCHEMA.splitlines() if not line.lstrip().startswith("rev ")))
+    assert "rev" not in {row[1] for row in old.execute("PRAGMA table_info(messages)")}
+    user = Message(id="u0", session_id="sid1", seq=1, role="user", content="q0", status="complete",
+                   created_at=1, updated_at=1)
+    reply = Message(id="a0", session_id="sid1", seq=2, role="assistant", content="", status="pending",
+                    created_at=1, updated_at=1, reply_to="u0")
+    old.execute("BEGIN")
+    rows.get_or_create_session(old, "alice", "doc", "sid1", 1)
+    rows.append_send(old, NewSend(user=user, reply=reply, client_message_id=None, document_xml="<d/>",
+                                  reply_subject="x", reply_payload=b"{}", dedup_id="d0"))
+    old.execute("COMMIT")
+    old.close()
+    a0 = reply.id
+    async with SqliteStore(path) as store:
+        page = await store.messages_page("sid1", 0, 100)
+        assert (await store.claim_reply(a0, "t", 10, 60_000, 3)).state == "claimed"
+        await store.finish_reply(a0, "t", "complete", "kept", 11)
+        again = await store.messages_page("sid1", 0, 100, page.key)
+        assert [m["content"] for m in json.loads(bytes(again.messages))] == ["q0", "kept"]

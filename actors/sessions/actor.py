@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import msgspec
 import structlog
 
@@ -15,11 +17,20 @@ from ..deps import Call, Deps
 from ..runtime.actor import Actor
 from ..schedule import ScheduledReply, encode_work
 from ..store import NewSend, SessionState
-from ..store.base import MessagesPage
+from ..store.base import MessagesPage, PageKey
 from .cancel import cancel
 
 log = structlog.get_logger("session")
-SETTLED_PAGES = 8  # pages remembered per live session (up to 8 x 500 messages)
+KEPT_PAGES = 8  # pages remembered per live session (up to 8 x 500 messages)
+
+
+class KeptPage(NamedTuple):
+    """A page the actor remembers: its encoded list, the store's key to what could change it (None:
+    every message on it is complete, so only new messages can), and the session's last seq then."""
+
+    messages: msgspec.Raw
+    key: PageKey | None
+    last_seq: int
 
 
 class SessionActor(Actor):
@@ -29,7 +40,7 @@ class SessionActor(Actor):
         super().__init__(sid, deps.settings.mailbox_size, deps.settings.idle_seconds)
         self.deps = deps
         self.state: SessionState | None = None
-        self.settled: dict[tuple[int, int], msgspec.Raw] = {}  # (afterSeq, limit) → a page that cannot change
+        self.pages: dict[tuple[int, int], KeptPage] = {}  # (afterSeq, limit) → the page last read
 
     async def on_start(self) -> None:
         self.state = await self.deps.store.load_session(self.key)
@@ -55,19 +66,26 @@ class SessionActor(Actor):
         raise TypeError(f"unexpected {call.body!r}")
 
     async def messages(self, state: SessionState, after: int, limit: int) -> MessagesPage:
-        """A page of history; a full page of complete messages is remembered while the actor lives.
+        """A page of history, remembered while the actor lives and given again while the store says
+        that none of its messages changed and no message was added to it.
 
-        A complete message never changes again (only failed and cancelled ones can be retried), and
-        this actor makes every new message of its session, so its last seq tells hasMore."""
-        page = self.settled.get((after, limit))
-        if page is None:
-            found = await self.deps.store.messages_page(self.key, after, limit)
-            if not found.settled:
-                return MessagesPage(found.messages, found.has_more)
-            if len(self.settled) >= SETTLED_PAGES:
-                self.settled.pop(next(iter(self.settled)))
-            page = self.settled[(after, limit)] = found.messages
-        return MessagesPage(page, state.last_seq > after + limit)
+        This actor makes every new message of its session, so its last seq tells what was added, and
+        hasMore of a remembered page."""
+        where = (after, limit)
+        kept = self.pages.get(where)
+        if kept is not None and state.last_seq != kept.last_seq and kept.last_seq < after + limit:
+            kept = None  # messages were added since, and the page had room for some of them
+        if kept is not None and kept.key is None:
+            return MessagesPage(kept.messages, state.last_seq > after + limit)
+        found = await self.deps.store.messages_page(self.key, after, limit, kept.key if kept else None)
+        if found.messages is None:
+            assert kept is not None
+            return MessagesPage(kept.messages, state.last_seq > after + limit)
+        if found.complete or found.key is not None:
+            if where not in self.pages and len(self.pages) >= KEPT_PAGES:
+                self.pages.pop(next(iter(self.pages)))
+            self.pages[where] = KeptPage(found.messages, None if found.complete else found.key, state.last_seq)
+        return MessagesPage(found.messages, found.has_more)
 
     async def reply(self, message_id: str) -> Message:
         """The assistant message of this session with that id, or NotFound."""

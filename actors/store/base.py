@@ -45,13 +45,22 @@ class MessagesPage(msgspec.Struct, frozen=True, rename="camel"):
     has_more: bool
 
 
-class StoredPage(msgspec.Struct, frozen=True):
-    """A page as the store read it: the encoded list, hasMore, and whether it is settled (full, and
-    every message on it complete, so it can never change)."""
+class PageKey(msgspec.Struct, frozen=True):
+    """What could still change a page: its messages that are not complete (rowids as a JSON list), and
+    the sum of their revs. Every change to a message moves its rev up; a complete one never changes."""
 
-    messages: msgspec.Raw
+    rowids: str
+    revs: int
+
+
+class StoredPage(msgspec.Struct, frozen=True):
+    """A page as the store read it: the encoded list, hasMore, whether every message on it is
+    complete (then only messages added after it can change it), and its key."""
+
+    messages: msgspec.Raw | None  # None: the `known` key asked with still holds, the page is unchanged
     has_more: bool
-    settled: bool
+    complete: bool
+    key: PageKey | None = None  # None: this store keeps no keys
 
 
 class ReplyContext(msgspec.Struct, frozen=True, kw_only=True):
@@ -83,7 +92,8 @@ class Store(Protocol):
     async def find_send(self, session_id: str, client_message_id: str) -> tuple[Message, Message] | None: ...
     async def append_send(self, send: NewSend) -> None: ...
     async def list_messages(self, session_id: str, after_seq: int, limit: int) -> tuple[list[Message], bool]: ...
-    async def messages_page(self, session_id: str, after_seq: int, limit: int) -> StoredPage: ...
+    async def messages_page(self, session_id: str, after_seq: int, limit: int,
+                            known: PageKey | None = None) -> StoredPage: ...
     async def get_message(self, message_id: str) -> Message | None: ...
     async def grant(self, uid: str, sub: str, document_id: str, role: str, now: int) -> None: ...
     async def revoke(self, uid: str, document_id: str) -> None: ...

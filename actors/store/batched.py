@@ -16,7 +16,7 @@ import structlog
 
 from contracts.errors import Unavailable
 
-from .base import Claim, NewSend, OutboxItem, SessionState, StoredPage
+from .base import Claim, NewSend, OutboxItem, PageKey, SessionState, StoredPage
 
 log = structlog.get_logger("store")
 MAX_BATCH = 256
@@ -109,9 +109,11 @@ class BatchedStore:
     async def list_messages(self, session_id: str, after_seq: int, limit: int):
         return await self.read(lambda db: self.rows.list_messages(db, session_id, after_seq, limit))
 
-    async def messages_page(self, session_id: str, after_seq: int, limit: int) -> StoredPage:
-        page, more, settled = await self.read(lambda db: self.rows.messages_page(db, session_id, after_seq, limit))
-        return StoredPage(msgspec.Raw(page), more, settled)
+    async def messages_page(self, session_id: str, after_seq: int, limit: int,
+                            known: PageKey | None = None) -> StoredPage:
+        page, more, complete, key = await self.read(
+            lambda db: self.rows.messages_page(db, session_id, after_seq, limit, known))
+        return StoredPage(None if page is None else msgspec.Raw(page), more, complete, key)
 
     async def get_message(self, message_id: str):
         return await self.read(lambda db: self.rows.get_message(db, message_id))

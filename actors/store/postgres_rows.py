@@ -144,16 +144,16 @@ MESSAGE_JSON = """jsonb_strip_nulls(jsonb_build_object(
 # Packed text unpacked inside the JSON text: U+FFFF "0" becomes the escape \u0000, U+FFFF "F" U+FFFF.
 PAGE_SQL = f"""SELECT replace(replace(COALESCE(json_agg(j ORDER BY seq), '[]'::json)::text, $4, '\\u0000'), $5, $6),
     EXISTS (SELECT 1 FROM messages WHERE session_id=$1 AND seq>$2 ORDER BY seq OFFSET $3 LIMIT 1),
-    COUNT(*) = $3 AND COALESCE(bool_and(status = 'complete'), false)
+    COALESCE(bool_and(status = 'complete'), true)
     FROM (SELECT seq, status, {MESSAGE_JSON} AS j FROM messages WHERE session_id=$1 AND seq>$2 ORDER BY seq LIMIT $3) t"""
 
 
-async def messages_page(db: Connection, session_id: str, after_seq: int,
-                        limit: int) -> tuple[bytes, bool, bool]:
+async def messages_page(db: Connection, session_id: str, after_seq: int, limit: int,
+                        known: object = None) -> tuple[bytes, bool, bool, None]:
     """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, and whether
-    the page is full and every message on it complete (so it can never change)."""
+    every message on it is complete; no key (a page with unfinished replies is read again every time)."""
     row = await db.fetchrow(PAGE_SQL, session_id, after_seq, limit, ESC + "0", ESC + "F", ESC)
-    return row[0].encode(), row[1], row[2]
+    return row[0].encode(), row[1], row[2], None
 
 
 async def get_message(db: Connection, message_id: str) -> Message | None:

@@ -33,7 +33,7 @@ def claim(db: sqlite3.Connection, message_id: str, token: str, now: int, lease_m
         return Claim(state="exhausted")
     # A reply taken over from a vanished worker starts again from nothing.
     db.execute("UPDATE messages SET claim_token=?, claim_until=?, attempts=attempts+1, status='pending', content='',"
-               " updated_at=? WHERE id=?", (token, now + lease_ms, now, message_id))
+               " updated_at=?, rev=rev+1 WHERE id=?", (token, now + lease_ms, now, message_id))
     return Claim(state="claimed", restarted=status == "streaming" or attempts > 0, context=context(db, message_id))
 
 
@@ -52,7 +52,7 @@ def context(db: sqlite3.Connection, message_id: str, limit: int = 20) -> ReplyCo
 def progress(db: sqlite3.Connection, message_id: str, token: str, content: str, now: int, lease_ms: int,
              streaming: bool) -> bool:
     """Store the content so far and renew the lease; False if the claim was lost."""
-    cur = db.execute("UPDATE messages SET status=?, content=?, updated_at=?, claim_until=?"
+    cur = db.execute("UPDATE messages SET status=?, content=?, updated_at=?, claim_until=?, rev=rev+1"
                      f" WHERE id=? AND claim_token=? AND status IN {UNFINISHED}",
                      ("streaming" if streaming else "pending", content, now, now + lease_ms, message_id, token))
     return cur.rowcount == 1
@@ -65,7 +65,7 @@ def finish(db: sqlite3.Connection, message_id: str, token: str | None, status: s
     guard = "claim_token=?" if token is not None else "(claim_until IS NULL OR claim_until<?)"
     cur = db.execute(
         "UPDATE messages SET status=?, content=?, updated_at=?, error_code=?, error_message=?, model=?,"
-        " input_tokens=?, output_tokens=?, claim_token=NULL, claim_until=NULL"
+        " input_tokens=?, output_tokens=?, claim_token=NULL, claim_until=NULL, rev=rev+1"
         f" WHERE id=? AND status IN {UNFINISHED} AND {guard}",
         (status, content, now, error[0] if error else None, error[1] if error else None, model,
          usage[0] if usage else None, usage[1] if usage else None, message_id, token if token is not None else now))
@@ -90,7 +90,7 @@ def retry(db: sqlite3.Connection, message_id: str, now: int, subject: str, paylo
                       (subject, payload, dedup_id, now)).lastrowid
     cur = db.execute("UPDATE messages SET status='pending', content='', error_code=NULL, error_message=NULL,"
                      " model=NULL, input_tokens=NULL, output_tokens=NULL, updated_at=?, turn=?, attempts=0,"
-                     " claim_token=NULL, claim_until=NULL WHERE id=? AND status IN ('failed', 'cancelled')",
+                     " claim_token=NULL, claim_until=NULL, rev=rev+1 WHERE id=? AND status IN ('failed', 'cancelled')",
                      (now, turn, message_id))
     if cur.rowcount != 1:
         db.execute("DELETE FROM outbox WHERE id=?", (turn,))

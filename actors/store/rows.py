@@ -10,7 +10,7 @@ import sqlite3
 
 from contracts.models import ErrorInfo, Message, Session, Usage
 
-from .base import NewSend, OutboxItem, SessionState
+from .base import NewSend, OutboxItem, PageKey, SessionState
 
 SESSION_COLS = "id, document_id, user_id, created_at, updated_at, message_count"
 MESSAGE_COLS = ("id, session_id, seq, role, content, status, created_at, updated_at, error_code, "
@@ -117,16 +117,29 @@ MESSAGE_JSON = """printf('{"id":%s,"sessionId":%s,"seq":%d,"role":%s,"content":%
         input_tokens, output_tokens) END)"""
 
 
-def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int,
-                  limit: int) -> tuple[bytes, bool, bool]:
-    """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, and whether
-    the page is full and every message on it complete (so it can never change)."""
-    page = db.execute(f"SELECT '[' || COALESCE(group_concat(j, ','), '') || ']', COUNT(*), TOTAL(status='complete') FROM"
-                      f" (SELECT {MESSAGE_JSON} AS j, status FROM messages"
-                      " WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?)", (session_id, after_seq, limit)).fetchone()
+def unchanged(db: sqlite3.Connection, key: PageKey) -> bool:
+    """Whether no message of the page with this key changed since the key was read: a change
+    moves a message's rev up, so the sum of their revs moves too."""
+    return db.execute("SELECT COALESCE(SUM(rev), 0) FROM messages WHERE rowid IN (SELECT value FROM json_each(?))",
+                      (key.rowids,)).fetchone()[0] == key.revs
+
+
+def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int, limit: int,
+                  known: PageKey | None = None) -> tuple[bytes | None, bool, bool, PageKey]:
+    """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, whether every
+    message on it is complete, and its key: the rowids (a JSON list) of the messages on it that are not
+    complete and the sum of their revs. No list (None) when the `known` key still holds."""
+    if known is not None and unchanged(db, known):
+        return None, False, False, known
+    page = db.execute(
+        "SELECT '[' || COALESCE(group_concat(j, ','), '') || ']', COUNT(*) = TOTAL(status='complete'),"
+        " '[' || COALESCE(group_concat(CASE WHEN status<>'complete' THEN r END), '') || ']',"
+        " COALESCE(SUM(CASE WHEN status<>'complete' THEN rev END), 0)"
+        f" FROM (SELECT {MESSAGE_JSON} AS j, status, rowid AS r, rev FROM messages"
+        " WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?)", (session_id, after_seq, limit)).fetchone()
     more = db.execute("SELECT 1 FROM messages WHERE session_id=? AND seq>? ORDER BY seq LIMIT 1 OFFSET ?",
                       (session_id, after_seq, limit)).fetchone()
-    return page[0].encode(), more is not None, page[1] == limit and page[2] == limit
+    return page[0].encode(), more is not None, bool(page[1]), PageKey(page[2], page[3])
 
 
 def get_message(db: sqlite3.Connection, message_id: str) -> Message | None:

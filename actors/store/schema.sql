@@ -43,6 +43,7 @@ CREATE TABLE IF NOT EXISTS messages (
     claim_token       TEXT,               -- assistant messages: who generates it now
     claim_until       INTEGER,            -- ... and until when the claim holds (ms)
     attempts          INTEGER NOT NULL DEFAULT 0, -- claims taken since it was last scheduled
+    rev               INTEGER NOT NULL DEFAULT 0, -- assistant messages: moves with every change a reader sees
     UNIQUE (session_id, seq)
 );
 CREATE UNIQUE INDEX IF NOT EXISTS messages_client_id

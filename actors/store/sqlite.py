@@ -14,6 +14,7 @@ import structlog
 from contracts.errors import Unavailable
 
 from . import replies as sqlite_replies, rows as sqlite_rows
+from .base import PageKey, StoredPage
 from .batched import BatchedStore
 
 T = TypeVar("T")
@@ -35,6 +36,13 @@ def pragmas(db: sqlite3.Connection) -> None:
     sync = db.execute("PRAGMA synchronous").fetchone()[0]
     if sync != 2:
         raise RuntimeError(f"SQLite refused synchronous=FULL (got {sync})")
+
+
+def migrate(db: sqlite3.Connection) -> None:
+    """Bring a file made by an earlier docchat up to SCHEMA's tables before SCHEMA runs."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(messages)")}
+    if columns and "rev" not in columns:
+        db.execute("ALTER TABLE messages ADD COLUMN rev INTEGER NOT NULL DEFAULT 0")
 
 
 def apply_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
@@ -75,17 +83,22 @@ class SqliteStore(BatchedStore):
         self.writer_db: aiosqlite.Connection | None = None
         self.readers: list[aiosqlite.Connection] = []
         self.next_reader = 0
+        self.checker: sqlite3.Connection | None = None  # checks page keys (messages_page)
         super().__init__()
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.writer_db = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=not self.inline)
         await run_in_thread(self.writer_db, pragmas)
+        await run_in_thread(self.writer_db, migrate)
         await run_in_thread(self.writer_db, lambda db: db.executescript(SCHEMA))
         for _ in range(self.reader_count):
             reader = await aiosqlite.connect(self.path, isolation_level=None, check_same_thread=not self.inline)
             await run_in_thread(reader, pragmas)
             self.readers.append(reader)
+        self.checker = sqlite3.connect(self.path, isolation_level=None)  # on the event loop: never waits
+        self.checker.execute("PRAGMA busy_timeout=0")
+        self.checker.execute("PRAGMA query_only=1")
         self.start_writer("sqlite-writer")
         log.info("store_opened", path=str(self.path), journal="wal", synchronous="full")
 
@@ -107,6 +120,9 @@ class SqliteStore(BatchedStore):
             if db is not None:
                 await db.close()
         self.readers, self.writer_db = [], None
+        if self.checker is not None:
+            self.checker.close()
+            self.checker = None
 
     async def __aenter__(self) -> "SqliteStore":
         await self.open()
@@ -114,6 +130,19 @@ class SqliteStore(BatchedStore):
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def messages_page(self, session_id: str, after_seq: int, limit: int,
+                            known: PageKey | None = None) -> StoredPage:
+        """As BatchedStore's, but a known key is checked right here: its few lookups by rowid cost
+        the event loop less than a trip to a reader thread and back."""
+        if known is not None and self.checker is not None:
+            try:
+                if sqlite_rows.unchanged(self.checker, known):
+                    return StoredPage(None, False, False, known)
+                known = None  # changed: read the page
+            except sqlite3.Error:  # busy (it never waits) or failing: a reader decides
+                pass
+        return await super().messages_page(session_id, after_seq, limit, known)
 
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run a short read on one of the reader connections."""
