@@ -81,7 +81,9 @@ class SessionActor(Actor):
         if found.messages is None:
             assert kept is not None
             return MessagesPage(kept.messages, state.last_seq > after + limit)
-        if found.complete or found.key is not None:
+        # A complete page short of full waits for new messages; without a key (PostgreSQL, where a
+        # frozen host may wake to serve a moment longer) only a full one is kept, as it can never change.
+        if found.key is not None or (found.complete and state.last_seq >= after + limit):
             if where not in self.pages and len(self.pages) >= KEPT_PAGES:
                 self.pages.pop(next(iter(self.pages)))
             self.pages[where] = KeptPage(found.messages, None if found.complete else found.key, state.last_seq)
