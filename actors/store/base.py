@@ -46,10 +46,10 @@ class MessagesPage(msgspec.Struct, frozen=True, rename="camel"):
 
 
 class PageKey(msgspec.Struct, frozen=True):
-    """What could still change a page: its messages that are not complete (rowids as a JSON list), and
-    the sum of their revs. Every change to a message moves its rev up; a complete one never changes."""
+    """What could still change a page: its messages that are not complete (their ids as a JSON list),
+    and the sum of their revs. Every change to a message moves its rev up; a complete one never changes."""
 
-    rowids: str
+    ids: str
     revs: int
 
 

@@ -120,22 +120,22 @@ MESSAGE_JSON = """printf('{"id":%s,"sessionId":%s,"seq":%d,"role":%s,"content":%
 def unchanged(db: sqlite3.Connection, key: PageKey) -> bool:
     """Whether no message of the page with this key changed since the key was read: a change
     moves a message's rev up, so the sum of their revs moves too."""
-    return db.execute("SELECT COALESCE(SUM(rev), 0) FROM messages WHERE rowid IN (SELECT value FROM json_each(?))",
-                      (key.rowids,)).fetchone()[0] == key.revs
+    return db.execute("SELECT COALESCE(SUM(rev), 0) FROM messages WHERE id IN (SELECT value FROM json_each(?))",
+                      (key.ids,)).fetchone()[0] == key.revs
 
 
 def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int, limit: int,
                   known: PageKey | None = None) -> tuple[bytes | None, bool, bool, PageKey]:
     """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, whether every
-    message on it is complete, and its key: the rowids (a JSON list) of the messages on it that are not
+    message on it is complete, and its key: the ids (a JSON list) of the messages on it that are not
     complete and the sum of their revs. No list (None) when the `known` key still holds."""
     if known is not None and unchanged(db, known):
         return None, False, False, known
     page = db.execute(
         "SELECT '[' || COALESCE(group_concat(j, ','), '') || ']', COUNT(*) = TOTAL(status='complete'),"
-        " '[' || COALESCE(group_concat(CASE WHEN status<>'complete' THEN r END), '') || ']',"
+        " '[' || COALESCE(group_concat(CASE WHEN status<>'complete' THEN json_quote(id) END), '') || ']',"
         " COALESCE(SUM(CASE WHEN status<>'complete' THEN rev END), 0)"
-        f" FROM (SELECT {MESSAGE_JSON} AS j, status, rowid AS r, rev FROM messages"
+        f" FROM (SELECT {MESSAGE_JSON} AS j, id, status, rev FROM messages"
         " WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?)", (session_id, after_seq, limit)).fetchone()
     more = db.execute("SELECT 1 FROM messages WHERE session_id=? AND seq>? ORDER BY seq LIMIT 1 OFFSET ?",
                       (session_id, after_seq, limit)).fetchone()
