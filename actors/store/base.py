@@ -46,11 +46,13 @@ class MessagesPage(msgspec.Struct, frozen=True, rename="camel"):
 
 
 class PageKey(msgspec.Struct, frozen=True):
-    """What could still change a page: its messages that are not complete (their ids as a JSON list),
-    and the sum of their revs. Every change to a message moves its rev up; a complete one never changes."""
+    """What could still change a page (SQLite): its messages that are not complete (rowids as a JSON
+    list), the sum of their revs, and the schema version the rowids hold under. Every change to a
+    message moves its rev up; a complete one never changes; messages are never deleted."""
 
-    ids: str
+    rowids: str
     revs: int
+    schema: int
 
 
 class StoredPage(msgspec.Struct, frozen=True):

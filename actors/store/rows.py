@@ -117,29 +117,33 @@ MESSAGE_JSON = """printf('{"id":%s,"sessionId":%s,"seq":%d,"role":%s,"content":%
         input_tokens, output_tokens) END)"""
 
 
+# Rowids stay while the schema version does: VACUUM, the only thing that renumbers them, moves it.
+SCHEMA_VERSION = "SELECT schema_version FROM pragma_schema_version"
+
+
 def unchanged(db: sqlite3.Connection, key: PageKey) -> bool:
     """Whether no message of the page with this key changed since the key was read: a change
     moves a message's rev up, so the sum of their revs moves too."""
-    return db.execute("SELECT COALESCE(SUM(rev), 0) FROM messages WHERE id IN (SELECT value FROM json_each(?))",
-                      (key.ids,)).fetchone()[0] == key.revs
+    row = db.execute(f"SELECT COALESCE(SUM(rev), 0), ({SCHEMA_VERSION}) FROM messages"
+                     " WHERE rowid IN (SELECT value FROM json_each(?))", (key.rowids,)).fetchone()
+    return row[0] == key.revs and row[1] == key.schema
 
 
 def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int, limit: int,
                   known: PageKey | None = None) -> tuple[bytes | None, bool, bool, PageKey]:
     """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, whether every
-    message on it is complete, and its key: the ids (a JSON list) of the messages on it that are not
-    complete and the sum of their revs. No list (None) when the `known` key still holds."""
+    message on it is complete, and its key (PageKey). No list (None) when the `known` key still holds."""
     if known is not None and unchanged(db, known):
         return None, False, False, known
     page = db.execute(
         "SELECT '[' || COALESCE(group_concat(j, ','), '') || ']', COUNT(*) = TOTAL(status='complete'),"
-        " '[' || COALESCE(group_concat(CASE WHEN status<>'complete' THEN json_quote(id) END), '') || ']',"
-        " COALESCE(SUM(CASE WHEN status<>'complete' THEN rev END), 0)"
-        f" FROM (SELECT {MESSAGE_JSON} AS j, id, status, rev FROM messages"
+        " '[' || COALESCE(group_concat(CASE WHEN status<>'complete' THEN r END), '') || ']',"
+        f" COALESCE(SUM(CASE WHEN status<>'complete' THEN rev END), 0), ({SCHEMA_VERSION})"
+        f" FROM (SELECT {MESSAGE_JSON} AS j, status, rowid AS r, rev FROM messages"
         " WHERE session_id=? AND seq>? ORDER BY seq LIMIT ?)", (session_id, after_seq, limit)).fetchone()
     more = db.execute("SELECT 1 FROM messages WHERE session_id=? AND seq>? ORDER BY seq LIMIT 1 OFFSET ?",
                       (session_id, after_seq, limit)).fetchone()
-    return page[0].encode(), more is not None, bool(page[1]), PageKey(page[2], page[3])
+    return page[0].encode(), more is not None, bool(page[1]), PageKey(page[2], page[3], page[4])
 
 
 def get_message(db: sqlite3.Connection, message_id: str) -> Message | None:

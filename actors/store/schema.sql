@@ -22,6 +22,7 @@ CREATE TABLE IF NOT EXISTS documents (
     xml  TEXT NOT NULL
 );
 
+-- Messages are never deleted, so a rowid is never reused: page keys (rows.messages_page) name them by it.
 CREATE TABLE IF NOT EXISTS messages (
     id                TEXT PRIMARY KEY,
     session_id        TEXT NOT NULL,

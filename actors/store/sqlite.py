@@ -133,7 +133,7 @@ class SqliteStore(BatchedStore):
 
     async def messages_page(self, session_id: str, after_seq: int, limit: int,
                             known: PageKey | None = None) -> StoredPage:
-        """As BatchedStore's, but a known key is checked right here: its few lookups by id cost
+        """As BatchedStore's, but a known key is checked right here: its few lookups by rowid cost
         the event loop less than a trip to a reader thread and back."""
         if known is not None and self.checker is not None:
             try:
