@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from actors.sessions.actor import KEPT_BYTES
 from actors.store import open_store
 from contracts.errors import Forbidden, NotFound
 from contracts.events import MessageEvent
@@ -189,3 +190,20 @@ async def test_a_page_read_before_a_send_shows_the_new_messages_after_it(session
     assert [m.content for m in (await alice.messages(session.id)).messages] == ["one", "", "two", ""]
     again = await alice.messages(session.id, limit=2)
     assert [m.seq for m in again.messages] == [1, 2] and again.has_more
+
+
+async def test_a_session_keeps_a_bounded_amount_of_pages_and_they_stay_right(session, user, host):
+    """Pages of large messages: the actor keeps at most KEPT_BYTES of them (a user cannot make it hold
+    8 pages of 500 messages of 32k characters), and every read is still the whole, current page."""
+    alice = user("alice")
+    for i in range(12):
+        await alice.send(session.id, f"{i:02d}" + "x" * 30_000, "")
+    actor = host.ownership.of_user("alice").sessions.live[session.id]
+    for _ in range(2):
+        for after in range(0, 8):
+            page = await alice.messages(session.id, after_seq=after, limit=500)
+            assert [m.seq for m in page.messages] == list(range(after + 1, 25))
+            assert [m.content[:2] for m in page.messages if m.role == "user"] == [
+                f"{i:02d}" for i in range(12) if 2 * i + 1 > after]
+        kept = sum(len(p.messages) for p in actor.pages.values())
+        assert kept <= KEPT_BYTES and len(actor.pages) < 8

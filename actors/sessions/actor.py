@@ -21,7 +21,8 @@ from ..store.base import MessagesPage, PageKey
 from .cancel import cancel
 
 log = structlog.get_logger("session")
-KEPT_PAGES = 8  # pages remembered per live session (up to 8 x 500 messages)
+KEPT_PAGES = 8  # pages remembered per live session ...
+KEPT_BYTES = 512 * 1024  # ... holding this much JSON at most in all; a larger page is read every time
 
 
 class KeptPage(NamedTuple):
@@ -84,10 +85,17 @@ class SessionActor(Actor):
         # A complete page short of full waits for new messages; without a key (PostgreSQL, where a
         # frozen host may wake to serve a moment longer) only a full one is kept, as it can never change.
         if found.key is not None or (found.complete and state.last_seq >= after + limit):
-            if where not in self.pages and len(self.pages) >= KEPT_PAGES:
-                self.pages.pop(next(iter(self.pages)))
-            self.pages[where] = KeptPage(found.messages, None if found.complete else found.key, state.last_seq)
+            self.keep(where, KeptPage(found.messages, None if found.complete else found.key, state.last_seq))
         return MessagesPage(found.messages, found.has_more)
+
+    def keep(self, where: tuple[int, int], page: KeptPage) -> None:
+        """Remember a page, letting the oldest ones go while over KEPT_PAGES or KEPT_BYTES."""
+        self.pages.pop(where, None)
+        if len(page.messages) > KEPT_BYTES:
+            return
+        self.pages[where] = page
+        while len(self.pages) > KEPT_PAGES or sum(len(p.messages) for p in self.pages.values()) > KEPT_BYTES:
+            self.pages.pop(next(iter(self.pages)))
 
     async def reply(self, message_id: str) -> Message:
         """The assistant message of this session with that id, or NotFound."""
