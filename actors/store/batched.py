@@ -111,9 +111,9 @@ class BatchedStore:
 
     async def messages_page(self, session_id: str, after_seq: int, limit: int,
                             known: PageKey | None = None) -> StoredPage:
-        page, more, complete, key = await self.read(
-            lambda db: self.rows.messages_page(db, session_id, after_seq, limit, known))
-        return StoredPage(None if page is None else msgspec.Raw(page), more, complete, key)
+        """The page, read again whatever `known` is (a store that keeps keys checks them first)."""
+        page, more, complete, key = await self.read(lambda db: self.rows.messages_page(db, session_id, after_seq, limit))
+        return StoredPage(msgspec.Raw(page), more, complete, key)
 
     async def get_message(self, message_id: str):
         return await self.read(lambda db: self.rows.get_message(db, message_id))

@@ -148,8 +148,8 @@ PAGE_SQL = f"""SELECT replace(replace(COALESCE(json_agg(j ORDER BY seq), '[]'::j
     FROM (SELECT seq, status, {MESSAGE_JSON} AS j FROM messages WHERE session_id=$1 AND seq>$2 ORDER BY seq LIMIT $3) t"""
 
 
-async def messages_page(db: Connection, session_id: str, after_seq: int, limit: int,
-                        known: object = None) -> tuple[bytes, bool, bool, None]:
+async def messages_page(db: Connection, session_id: str, after_seq: int,
+                        limit: int) -> tuple[bytes, bool, bool, None]:
     """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, and whether
     every message on it is complete; no key (a page with unfinished replies is read again every time)."""
     row = await db.fetchrow(PAGE_SQL, session_id, after_seq, limit, ESC + "0", ESC + "F", ESC)

@@ -129,12 +129,10 @@ def unchanged(db: sqlite3.Connection, key: PageKey) -> bool:
     return row[0] == key.revs and row[1] == key.schema
 
 
-def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int, limit: int,
-                  known: PageKey | None = None) -> tuple[bytes | None, bool, bool, PageKey]:
+def messages_page(db: sqlite3.Connection, session_id: str, after_seq: int,
+                  limit: int) -> tuple[bytes, bool, bool, PageKey]:
     """The `messages` reply's list as ready JSON (no Python objects per message), hasMore, whether every
-    message on it is complete, and its key (PageKey). No list (None) when the `known` key still holds."""
-    if known is not None and unchanged(db, known):
-        return None, False, False, known
+    message on it is complete, and its key (PageKey, checked by `unchanged`)."""
     page = db.execute(
         "SELECT '[' || COALESCE(group_concat(j, ','), '') || ']', COUNT(*) = TOTAL(status='complete'),"
         " '[' || COALESCE(group_concat(CASE WHEN status<>'complete' THEN r END), '') || ']',"

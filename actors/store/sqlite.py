@@ -133,16 +133,15 @@ class SqliteStore(BatchedStore):
 
     async def messages_page(self, session_id: str, after_seq: int, limit: int,
                             known: PageKey | None = None) -> StoredPage:
-        """As BatchedStore's, but a known key is checked right here: its few lookups by rowid cost
-        the event loop less than a trip to a reader thread and back."""
+        """As BatchedStore's, but no list (None) while a known key holds. It is checked right here:
+        its few lookups by rowid cost the event loop less than a trip to a reader thread and back."""
         if known is not None and self.checker is not None:
             try:
                 if sqlite_rows.unchanged(self.checker, known):
                     return StoredPage(None, False, False, known)
-                known = None  # changed: read the page
-            except sqlite3.Error:  # busy (it never waits) or failing: a reader decides
+            except sqlite3.Error:  # busy (it never waits) or failing: a reader reads the page again
                 pass
-        return await super().messages_page(session_id, after_seq, limit, known)
+        return await super().messages_page(session_id, after_seq, limit)
 
     async def read(self, op: Callable[[sqlite3.Connection], T]) -> T:
         """Run a short read on one of the reader connections."""
