@@ -153,6 +153,27 @@ async def test_a_stalled_model_is_cut_off(chat, fake):
     assert final.content == deltas_text(seen, sent.reply.id)
 
 
+async def test_a_pause_in_the_model_shows_the_text_so_far_and_keeps_the_reply(assistant_settings, nats_server,
+                                                                              fake, admin, user):
+    # The model sends a word, then pauses for three leases, longer than a reply may sit unclaimed.
+    settings = msgspec.structs.replace(assistant_settings, reply_lease_seconds=1.0, stuck_reply_seconds=1.5,
+                                       model_stall_seconds=6.0)
+    fake.script(Stall(after=1, seconds=3.0, reply=Reply(["first ", "second"])))
+    async with running(settings, nats_server.url):
+        await admin.grant("doc", "alice")
+        alice = user("alice")
+        sid = (await alice.get_or_create("doc")).session.id
+        events = await alice.subscribe(sid)
+        sent = await alice.send(sid, "pause please", "")
+        seen, final = await until_ended(events, sent.reply.id, timeout=15)
+    # The word before the pause is shown while the model is silent, not held back until it resumes.
+    assert [ev.text for ev in seen if isinstance(ev, DeltaEvent)] == ["first ", "second"]
+    # The lease was renewed through the pause: nobody took the reply over and generated it again.
+    assert [ev.message.status for ev in seen if isinstance(ev, MessageEvent) and ev.message.id == sent.reply.id] \
+        == ["pending", "streaming", "complete"]
+    assert final.content == "first second" and len(fake.requests) == 1
+
+
 async def test_cancel_stops_the_stream_and_keeps_what_was_sent(chat, fake):
     alice, sid = chat
     fake.script(Reply([f"w{i} " for i in range(200)], delay=0.05))

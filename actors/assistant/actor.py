@@ -25,6 +25,7 @@ from ..schedule import ScheduledReply
 from ..settings import Settings
 from ..store import ReplyContext, Store
 from .context import build_request
+from .inbox import ChunkInbox
 from .model import ModelClient, ModelError
 
 log = structlog.get_logger("assistant")
@@ -191,28 +192,23 @@ class AssistantActor:
         """Read chunks; publish deltas at most every delta_interval_ms, store the content so far at most
         every SAVE_EVERY seconds (renewing the lease)."""
         interval = self.settings.delta_interval_ms / 1000
-        chunks = aiter(stream)
+        inbox = ChunkInbox()
+        reader = asyncio.create_task(inbox.fill(stream))
         last_flush = last_save = time.monotonic()
         saved = 0
-        pending: asyncio.Task[str] | None = None
         try:
             while True:
-                if pending is None:
-                    pending = asyncio.ensure_future(anext(chunks))
                 deadline = last_save + (SAVE_EVERY if len(gen.content) > saved else self.renew_every)
                 if len(gen.content) > gen.published:
                     deadline = min(deadline, last_flush + interval)
-                done, _ = await asyncio.wait({pending}, timeout=max(0.0, deadline - time.monotonic()))
-                if done:
-                    try:
-                        chunk = pending.result()
-                    except StopAsyncIteration:
-                        return
-                    finally:
-                        pending = None
+                await inbox.wait(deadline)
+                if inbox.chunks:
                     if not gen.streaming:
                         await self.start_streaming(uid, sid, gen)
-                    gen.content += chunk
+                    gen.content += inbox.take()
+                if inbox.ended and not inbox.chunks:
+                    reader.result()  # the model's error, if it ended with one
+                    return
                 now = time.monotonic()
                 if len(gen.content) > gen.published and now - last_flush >= interval:
                     await self.flush(uid, sid, gen)
@@ -221,9 +217,11 @@ class AssistantActor:
                     last_save, saved = now, len(gen.content)
                     await self.save(gen)
         finally:
-            if pending is not None:  # let the chunk reader finish before the stream is closed
-                pending.cancel()
-                await asyncio.wait({pending})
+            if not reader.done():  # let the reader finish before the stream is closed
+                reader.cancel()
+                await asyncio.wait({reader})
+            if not reader.cancelled():
+                reader.exception()  # seen: a failure here is the model's, already handled or moot
 
     async def start_streaming(self, uid: str, sid: str, gen: Generation) -> None:
         """The first chunk came: store and announce the reply as streaming (its deltas follow)."""
