@@ -3,6 +3,7 @@
 
     docchat load --spawn -c 16,128 --mix send=1 --duration 10 --floor --json out.json
     docchat load --nats-url nats://127.0.0.1:4222 --rate 2000 --duration 30 --mix send=0.8,messages=0.2
+    docchat load --spawn --sustained --mix send=1 --duration 10     # event delivery at half the sustained rate
     docchat bench-sessions --spawn --sessions 100000 --idle-seconds 10
     docchat bench-scale --hosts 1,2,4 --reps 3 --duration 10 --cpu-share 0.2 --json scale.json
 """
@@ -31,6 +32,7 @@ from .scale import ScaleConfig, run_scale
 from .sessions import SessionsConfig, format_sessions, run_sessions
 from .spawn import CpuMeter, Endpoint, spawned, wait_cpu_idle
 from .stats import compare, format_compare, format_report
+from .sustained import Search, keeps_up
 
 T = TypeVar("T")
 
@@ -80,6 +82,11 @@ def parser() -> argparse.ArgumentParser:
                     help="after each run, wait up to this long for the service's reply backlog to finish")
     lp.add_argument("--offline-delay", type=float, default=0.0, help="with --spawn: pause per offline-model chunk")
     lp.add_argument("--no-assistant", action="store_true", help="with --spawn: DOCCHAT_RUN_ASSISTANT=false")
+    lp.add_argument("--sustained", action="store_true",
+                    help="find the highest open-loop rate kept up with (short probes), then run at half of it")
+    lp.add_argument("--sustained-from", type=float, default=200.0, help="first probe rate (req/s)")
+    lp.add_argument("--probe-seconds", type=float, default=5.0, help="seconds per probe run")
+    lp.add_argument("--max-probes", type=int, default=12, help="probe runs at most")
     sp = sub.add_parser("sessions", aliases=["bench-sessions"], help="100k idle sessions: RSS and wake-up latency")
     common(sp)
     sp.add_argument("--sessions", type=int, default=100_000)
@@ -138,11 +145,14 @@ def load_config(args: argparse.Namespace) -> LoadConfig:
 
 
 async def load_command(args: argparse.Namespace) -> dict[str, Any]:
-    """Setup once, then for each C (or rate): the docchat run and, with --floor, the echo run."""
+    """Setup once, then for each C (or rate): the docchat run and, with --floor, the echo run. With
+    --sustained, short probe runs find the highest send rate kept up with first; one run at half of it follows."""
     cfg = load_config(args)
     env = {"DOCCHAT_OFFLINE_DELAY_SECONDS": str(args.offline_delay)}
     if args.no_assistant:
         env["DOCCHAT_RUN_ASSISTANT"] = "false"
+    if args.sustained and "send" not in cfg.mix:
+        raise ValueError("--sustained needs send in the --mix")
     plan = [("rate", r) for r in numbers(args.rate)] or [("concurrency", c) for c in numbers(args.concurrency)]
     result: dict[str, Any] = {"command": "load", "config": dataclasses.asdict(cfg), "runs": []}
     async with target(args, env) as ep:
@@ -150,26 +160,50 @@ async def load_command(args: argparse.Namespace) -> dict[str, Any]:
                                 pending_size=64 * 1024 * 1024)
         echo_proc = await spawn_echo(ep.url, ep.user, ep.password) if args.floor else None
         load = Load(nc, cfg)
+
+        async def settle() -> float:
+            return await load.quiesce(args.settle_max) + await wait_cpu_idle(ep.service_pid, args.settle_max)
+
+        async def measure(kind: str, value: float, label: str, run_cfg: LoadConfig) -> dict[str, Any]:
+            """One docchat run, then the service left to finish its backlog."""
+            load.cfg = run_cfg
+            log(f"docchat {label}, mix {cfg.mix}, {run_cfg.count or run_cfg.duration} {'requests' if run_cfg.count else 's'}")
+            meter = CpuMeter({"bench": os.getpid(), "docchat": ep.service_pid, "nats-server": ep.server_pid})
+            meter.start()
+            rep = await load.run()
+            rep["cpu_cores"] = meter.stop()
+            log(f"service quiet after {await settle():.1f}s")
+            return {kind: value, "docchat": rep}
+
         try:
             log(f"setup: {cfg.users} users × {cfg.sessions_per_user} sessions")
             result["setup"] = await load.setup()
             if cfg.prefill:
-                waited = await load.quiesce(args.settle_max) + await wait_cpu_idle(ep.service_pid, args.settle_max)
-                log(f"prefill done; service quiet after {waited:.1f}s")
+                log(f"prefill done; service quiet after {await settle():.1f}s")
+            if args.sustained:
+                search = Search(start=args.sustained_from, max_probes=args.max_probes)
+
+                async def probe(rate: float) -> tuple[bool, str]:
+                    probe_cfg = dataclasses.replace(cfg, rate=rate, duration=args.probe_seconds, progress=False)
+                    run = await measure("rate", rate, f"probe rate={rate:g}/s", probe_cfg)
+                    ok, why = keeps_up(run["docchat"], rate, replies=not args.no_assistant)
+                    print(f"probe {rate:g}/s for {args.probe_seconds:g} s: {'kept up' if ok else 'behind'} ({why})",
+                          flush=True)
+                    return ok, why
+
+                best = await search.run(probe)
+                result["sustained"] = {"probes": search.probes, "max_rate": best, "measured_at": best / 2}
+                if not best:
+                    raise RuntimeError(f"no probed rate was kept up with: {search.probes}")
+                print(f"== highest rate kept up with: {best:g}/s; measuring at half of it, {best / 2:g}/s", flush=True)
+                plan = [("rate", best / 2)]
             for kind, value in plan:
                 run_cfg = dataclasses.replace(cfg, rate=value if kind == "rate" else 0.0,
                                               concurrency=int(value) if kind == "concurrency" else cfg.concurrency)
                 label = f"C={run_cfg.concurrency}" if kind == "concurrency" else f"rate={value:g}/s"
-                load.cfg = run_cfg
-                log(f"docchat {label}, mix {cfg.mix}, {cfg.count or cfg.duration} {'requests' if cfg.count else 's'}")
-                meter = CpuMeter({"bench": os.getpid(), "docchat": ep.service_pid, "nats-server": ep.server_pid})
-                meter.start()
-                rep = await load.run()
-                rep["cpu_cores"] = meter.stop()
-                run: dict[str, Any] = {kind: value, "docchat": rep}
+                run = await measure(kind, value, label, run_cfg)
+                rep = run["docchat"]
                 print(format_report(f"docchat {label}", rep), flush=True)
-                waited = await load.quiesce(args.settle_max) + await wait_cpu_idle(ep.service_pid, args.settle_max)
-                log(f"service quiet after {waited:.1f}s")
                 if echo_proc is not None:
                     sizes = {k: e["mean_reply_bytes"] for k, e in rep["endpoints"].items() if "mean_reply_bytes" in e}
                     await set_sizes(nc, sizes)
@@ -184,9 +218,8 @@ async def load_command(args: argparse.Namespace) -> dict[str, Any]:
                     run["ratio"] = compare(rep, run["echo"])
                     print(format_report(f"echo floor {label}", run["echo"]), flush=True)
                     print(f"== docchat / echo floor, {label}\n{format_compare(run['ratio'])}", flush=True)
+                    await settle()
                 result["runs"].append(run)
-                await load.quiesce(args.settle_max)
-                await wait_cpu_idle(ep.service_pid, args.settle_max)
         finally:
             await load.close()
             if echo_proc is not None:

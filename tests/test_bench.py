@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from bench.cli import load_command, parser
 from bench.echo import ECHO_PREFIX, EchoResponder
 from bench.load import LoadConfig, run_load
 from bench.stats import format_report
+from bench.sustained import Search, keeps_up
 from bench.tracker import Tracker, decode_event
+from tests.conftest import SERVICE_PASSWORD
 
 
 async def test_load_report_counts_every_request_per_endpoint_with_no_errors(host, nc):
@@ -86,3 +89,65 @@ def test_bench_scale_rows_give_t_n_over_n_t1_and_refuse_a_host_that_was_not_thro
     assert not rows[2]["valid"] and rows[2]["why"] == ["idle < 0.3 core"]
     table = format_table(rows, ScaleConfig(reps=1))
     assert "INVALID: a host was not throttled" in table and "INVALID: idle < 0.3 core" in table
+
+
+def probe_report(rate: float, sends: int, p99_ms: float, unended: int | None, errors=None) -> dict:
+    """The parts of a load report keeps_up reads, for a 5 s open-loop run."""
+    rep = {"endpoints": {"send": {"count": sends, "rps": sends / 5, "p99_ms": p99_ms}}, "errors": errors or {}}
+    if unended is not None:
+        rep["replies_unfinished"] = unended
+    return rep
+
+
+def test_a_probe_keeps_up_only_with_no_errors_its_rate_reached_a_bounded_p99_and_replies_ending():
+    assert keeps_up(probe_report(400, 2000, 6.0, 20), 400, replies=True)[0]
+    assert keeps_up(probe_report(400, 2000, 6.0, None), 400, replies=True)[0]
+    assert not keeps_up(probe_report(400, 2000, 6.0, 20, errors={"send": {"timeout": 1}}), 400, replies=True)[0]
+    assert not keeps_up(probe_report(400, 1500, 6.0, 20), 400, replies=True)[0]  # reached 300/s
+    assert not keeps_up(probe_report(400, 2000, 250.0, 20), 400, replies=True)[0]  # queueing up
+    behind = keeps_up(probe_report(400, 2000, 6.0, 900), 400, replies=True)
+    assert not behind[0] and "900 of 2000 replies not ended" in behind[1]
+    # Without an assistant every reply stays pending, and that says nothing about the send rate.
+    assert keeps_up(probe_report(400, 2000, 6.0, 2000), 400, replies=False)[0]
+
+
+async def test_the_sustained_search_closes_in_on_the_highest_rate_kept_up_with():
+    capacity = 730.0
+    tried = []
+
+    async def probe(rate: float):
+        tried.append(rate)
+        return rate <= capacity, "synthetic service"
+
+    search = Search(start=200)
+    best = await search.run(probe)
+    assert tried[:4] == [200, 300, 450, 675] and tried[4] > capacity  # up by half each time, past the limit
+    assert 0.9 * capacity <= best <= capacity and best == search.best
+    assert search.worst - best <= 0.1 * search.worst  # stopped once the gap was under a tenth
+    assert len(tried) <= search.max_probes
+
+
+async def test_the_sustained_search_goes_below_its_start_when_even_that_is_too_fast():
+    async def probe(rate: float):
+        return rate <= 60, "synthetic service"
+
+    search = Search(start=200)
+    best = await search.run(probe)
+    assert 54 <= best <= 60
+
+
+async def test_load_sustained_probes_rates_then_measures_at_half_the_highest_kept_up_with(host, nats_server, capsys):
+    args = parser().parse_args([
+        "load", "--nats-url", nats_server.url, "--password", SERVICE_PASSWORD, "--users", "2",
+        "--sessions-per-user", "2", "--document-bytes", "64", "--warmup", "0", "--duration", "1", "--quiet",
+        "--no-assistant", "--sustained", "--sustained-from", "40", "--probe-seconds", "1", "--max-probes", "3"])
+    result = await load_command(args)
+
+    probes = result["sustained"]["probes"]
+    assert [p["rate"] for p in probes] == [40, 60, 90] and all(p["ok"] for p in probes)
+    assert result["sustained"]["max_rate"] == 90
+    (run,) = result["runs"]
+    assert run["rate"] == 45 and run["docchat"]["errors"] == {}
+    assert 35 <= run["docchat"]["endpoints"]["send"]["count"] <= 46  # about 45 sends in the measured second
+    out = capsys.readouterr().out
+    assert "probe 40/s for 1 s: kept up" in out and "highest rate kept up with: 90/s; measuring at half" in out
