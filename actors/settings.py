@@ -22,7 +22,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     nats_http_port: int = 8222
     data_dir: str = "data"
     db_path: str = ""  # default: {data_dir}/docchat.db
-    sqlite_inline: bool = False  # run SQLite calls on the event loop thread instead of aiosqlite's
+    sqlite_inline_writes: bool = True  # group commits on the event loop thread while the write lock is free
+    sqlite_inline: bool = False  # reads on the event loop thread too, instead of aiosqlite's threads
     store_url: str = ""  # empty: SQLite at db_path; postgresql://user@host:port/db: the shared PostgreSQL store
 
     # Scale-out (PostgreSQL store only): partition leases of this host, and JetStream replicas.

@@ -126,3 +126,30 @@ async def test_a_file_from_before_page_keys_opens_and_works(tmp_path):
         await store.finish_reply(a0, "t", "complete", "kept", 11)
         again = await store.messages_page("sid1", 0, 100, page.key)
         assert [m["content"] for m in json.loads(bytes(again.messages))] == ["q0", "kept"]
+
+
+@pytest.mark.parametrize("inline_writes", [False, True], ids=["writer-thread", "inline-writes"])
+async def test_a_write_waiting_for_another_process_lock_leaves_the_event_loop_free(tmp_path, inline_writes):
+    """While another process holds the write lock, a send waits for it without stalling the service:
+    timers fire, reads answer, and the send commits as soon as the lock is released."""
+    path = tmp_path / "s.db"
+    async with SqliteStore(path, inline_writes=inline_writes) as store:
+        await one_send(store, 0)
+        other = sqlite3.connect(path, isolation_level=None, timeout=0)
+        other.execute("BEGIN IMMEDIATE")
+        loop = asyncio.get_running_loop()
+        try:
+            send = asyncio.create_task(one_send(store, 1))
+            last, longest = loop.time(), 0.0
+            for _ in range(20):  # the lock is held for about a second
+                await asyncio.sleep(0.05)
+                longest, last = max(longest, loop.time() - last), loop.time()
+            assert not send.done()
+            assert (await store.load_session("sid1")).last_seq == 2  # reads answer meanwhile
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        await asyncio.wait_for(send, 5)
+        assert longest < 0.5, f"the event loop stalled {longest:.2f} s behind another process's lock"
+        page = await store.messages_page("sid1", 0, 100)
+        assert [m["seq"] for m in json.loads(bytes(page.messages))] == [1, 2, 3, 4]

@@ -19,7 +19,7 @@ def open_store(settings: "Settings") -> "SqliteStore | PostgresStore":
     """The store the settings name, not yet opened: `async with open_store(settings) as store`."""
     url = settings.store_url
     if not url:
-        return SqliteStore(settings.database, inline=settings.sqlite_inline)
+        return SqliteStore(settings.database, inline=settings.sqlite_inline, inline_writes=settings.sqlite_inline_writes)
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore  # asyncpg is imported only when it is used
 
