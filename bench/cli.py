@@ -86,7 +86,7 @@ def parser() -> argparse.ArgumentParser:
                     help="find the highest open-loop rate kept up with (short probes), then run at half of it")
     lp.add_argument("--sustained-from", type=float, default=200.0, help="first probe rate (req/s)")
     lp.add_argument("--probe-seconds", type=float, default=5.0, help="seconds per probe run")
-    lp.add_argument("--max-probes", type=int, default=12, help="probe runs at most")
+    lp.add_argument("--max-probes", type=int, default=16, help="probe runs at most, second tries included")
     sp = sub.add_parser("sessions", aliases=["bench-sessions"], help="100k idle sessions: RSS and wake-up latency")
     common(sp)
     sp.add_argument("--sessions", type=int, default=100_000)

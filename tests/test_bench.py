@@ -127,6 +127,25 @@ async def test_the_sustained_search_closes_in_on_the_highest_rate_kept_up_with()
     assert len(tried) <= search.max_probes
 
 
+async def test_one_stalled_probe_does_not_lower_the_sustained_rate_but_a_rate_behind_twice_does():
+    capacity = 730.0
+    tried = []
+
+    async def probe(rate: float):
+        tried.append(rate)
+        if rate == 450 and tried.count(450) == 1:
+            return False, "the machine stalled"  # below capacity: a second try keeps up
+        return rate <= capacity, "synthetic service"
+
+    search = Search(start=200)
+    best = await search.run(probe)
+    assert tried[:5] == [200, 300, 450, 450, 675]
+    assert 0.9 * capacity <= best <= capacity
+    over = [rate for rate in tried if rate > capacity]
+    assert over and all(tried.count(rate) == 2 for rate in over)  # behind twice before it counts
+    assert search.worst == min(over) and len(tried) <= search.max_probes
+
+
 async def test_the_sustained_search_goes_below_its_start_when_even_that_is_too_fast():
     async def probe(rate: float):
         return rate <= 60, "synthetic service"
