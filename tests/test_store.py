@@ -153,3 +153,36 @@ async def test_a_write_waiting_for_another_process_lock_leaves_the_event_loop_fr
         assert longest < 0.5, f"the event loop stalled {longest:.2f} s behind another process's lock"
         page = await store.messages_page("sid1", 0, 100)
         assert [m["seq"] for m in json.loads(bytes(page.messages))] == [1, 2, 3, 4]
+
+
+async def test_sends_of_large_documents_commit_without_holding_the_event_loop(tmp_path):
+    """Group commits run on the event loop, but not one writing MiBs: while 8 sends of a 2 MiB document
+    each commit, timers keep firing."""
+    async with SqliteStore(tmp_path / "s.db") as store:
+        await one_send(store, 0)
+        sends = []
+        for n in range(1, 9):
+            user = Message(id=f"u{n}", session_id="sid1", seq=2 * n + 1, role="user", content=f"q{n}",
+                           status="complete", created_at=n, updated_at=n)
+            reply = Message(id=f"a{n}", session_id="sid1", seq=2 * n + 2, role="assistant", content="",
+                            status="pending", created_at=n, updated_at=n, reply_to=user.id)
+            sends.append(NewSend(user=user, reply=reply, client_message_id=None,
+                                 document_xml=f"<doc n='{n}'>" + "x" * (2 * 1024 * 1024 - 20) + "</doc>",
+                                 reply_subject="x", reply_payload=b"{}", dedup_id=f"d{n}"))
+        loop = asyncio.get_running_loop()
+        longest, done = 0.0, False
+
+        async def ticker() -> None:
+            nonlocal longest
+            last = loop.time()
+            while not done:
+                await asyncio.sleep(0.001)
+                longest, last = max(longest, loop.time() - last), loop.time()
+
+        ticking = asyncio.create_task(ticker())
+        await asyncio.sleep(0.01)
+        await asyncio.gather(*(store.append_send(send) for send in sends))
+        done = True
+        await ticking
+        assert (await store.load_session("sid1")).last_seq == 18
+        assert longest < 0.05, f"the event loop was held {longest * 1000:.0f} ms by a commit of large documents"

@@ -1,8 +1,9 @@
 """What both stores share: the group-commit writer and the Store interface over row functions.
 
 A concrete store supplies `rows` and `replies` (modules of functions taking a connection),
-`read(op)` (one op on a reader connection) and `commit(ops)` (every op in one transaction, a
-failing op rolled back alone, returning each op's result or exception).
+`read(op)` (one op on a reader connection) and `commit(ops, size)` (every op in one transaction, a
+failing op rolled back alone, returning each op's result or exception; `size` is about how many
+characters of text the ops write).
 """
 
 from __future__ import annotations
@@ -30,13 +31,13 @@ class BatchedStore:
     replies: ModuleType
 
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[tuple[Op, asyncio.Future[Any]]] = asyncio.Queue()
+        self.queue: asyncio.Queue[tuple[Op, asyncio.Future[Any], int]] = asyncio.Queue()
         self.writer_task: asyncio.Task[None] | None = None
 
     async def read(self, op: Op) -> Any:
         raise NotImplementedError
 
-    async def commit(self, ops: list[Op]) -> list[Any]:
+    async def commit(self, ops: list[Op], size: int) -> list[Any]:
         raise NotImplementedError
 
     def start_writer(self, name: str) -> None:
@@ -50,12 +51,13 @@ class BatchedStore:
             await asyncio.gather(self.writer_task, return_exceptions=True)
             self.writer_task = None
 
-    async def write(self, op: Op) -> Any:
-        """Run op in the next group commit; returns after COMMIT, or raises."""
+    async def write(self, op: Op, size: int = 0) -> Any:
+        """Run op in the next group commit; returns after COMMIT, or raises. `size`: the characters of text
+        it writes, where that may be large."""
         if self.writer_task is None:
             raise Unavailable("store is closed")
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.queue.put_nowait((op, fut))
+        self.queue.put_nowait((op, fut, size))
         return await fut
 
     async def write_loop(self) -> None:
@@ -64,9 +66,9 @@ class BatchedStore:
             batch = [await self.queue.get()]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            live = [(op, fut) for op, fut in batch if not fut.cancelled()]
+            live = [(op, fut) for op, fut, _ in batch if not fut.cancelled()]
             try:
-                results = await self.commit([op for op, _ in live])
+                results = await self.commit([op for op, _ in live], sum(size for _, _, size in batch))
             except Exception as exc:  # noqa: BLE001 - every caller must hear of it
                 log.error("store_commit_failed", error=str(exc), batch=len(live))
                 failure = Unavailable("storage is unavailable, retry")
@@ -104,7 +106,7 @@ class BatchedStore:
         return await self.read(lambda db: self.rows.find_send(db, session_id, client_message_id))
 
     async def append_send(self, send: NewSend) -> None:
-        await self.write(lambda db: self.rows.append_send(db, send))
+        await self.write(lambda db: self.rows.append_send(db, send), len(send.document_xml) + len(send.user.content))
 
     async def list_messages(self, session_id: str, after_seq: int, limit: int):
         return await self.read(lambda db: self.rows.list_messages(db, session_id, after_seq, limit))

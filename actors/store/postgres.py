@@ -135,8 +135,8 @@ class PostgresStore(BatchedStore):
             log.warning("store_read_failed", error=str(exc))
             raise Unavailable("storage is unavailable, retry") from exc
 
-    async def commit(self, ops: list[Op]) -> list[Any]:
-        """apply_batch on the writer connection, reconnecting first if the last one broke."""
+    async def commit(self, ops: list[Op], size: int = 0) -> list[Any]:
+        """apply_batch on the writer connection, reconnecting first if the last one broke (size: unused)."""
         if self.writer_db is None or self.writer_db.is_closed():
             self.writer_db = await self.connect()
         try:
@@ -204,9 +204,9 @@ class FencedStore(BatchedStore):
     async def read(self, op: Op) -> Any:
         return await self.base.read(op)
 
-    async def write(self, op: Op) -> Any:
+    async def write(self, op: Op, size: int = 0) -> Any:
         async def fenced(db: asyncpg.Connection) -> Any:
             await postgres_leases.check(db, self.partition, self.epoch)
             return await op(db)
 
-        return await self.base.write(fenced)
+        return await self.base.write(fenced, size)

@@ -28,6 +28,7 @@ def run_in_thread(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T
 
 
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's write lock before it fails
+INLINE_MAX_CHARS = 512 * 1024  # a batch writing more text than this (about 4 ms of the loop) commits on the writer's thread
 
 
 def pragmas(db: sqlite3.Connection) -> None:
@@ -176,17 +177,20 @@ class SqliteStore(BatchedStore):
             log.warning("store_read_failed", error=str(exc))
             raise Unavailable("storage is unavailable, retry") from exc
 
-    async def commit(self, ops: list[Callable[[sqlite3.Connection], Any]]) -> list[Any]:
+    async def commit(self, ops: list[Callable[[sqlite3.Connection], Any]], size: int) -> list[Any]:
         """Every op in one transaction on the writer connection (apply_batch).
 
         With inline writes it runs right here, on the event loop, which waits for its fsync: two thread
-        hops per commit cost more (about a quarter of the service's CPU at 400 sends/s). SQLite never
-        waits for a lock here: when another process holds the write lock, BEGIN fails at once, nothing
-        is written, and the batch waits for the lock on the writer's thread instead."""
+        hops per commit cost more (about a quarter of the service's CPU at 400 sends/s). Not so a batch
+        of more than INLINE_MAX_CHARS (large documents: 8 sends of 2 MiB held the loop 120 ms), nor a
+        batch that would wait for a lock: SQLite never waits here, so when another process holds the
+        write lock BEGIN fails at once, nothing is written, and the batch waits on the writer's thread."""
         assert self.writer_db is not None
         batch = functools.partial(apply_batch, ops=ops)
         if not self.inline_writes:
             return await run_in_thread(self.writer_db, batch)
+        if size > INLINE_MAX_CHARS:
+            return await run_in_thread(self.writer_db, functools.partial(waiting_for_lock, batch))
         try:
             return batch(self.writer_db._conn)  # noqa: SLF001 - same connection, its thread idle
         except sqlite3.OperationalError as exc:
