@@ -147,11 +147,11 @@ class BatchedStore:
     async def save_progress(self, message_id: str, token: str, content: str, now: int, lease_ms: int,
                             streaming: bool = True) -> bool:
         return await self.write(lambda db: self.replies.progress(db, message_id, token, content, now, lease_ms,
-                                                                 streaming))
+                                                                 streaming), len(content))
 
     async def finish_reply(self, message_id, token, status, content, now, error=None, model=None, usage=None):
         return await self.write(lambda db: self.replies.finish(db, message_id, token, status, content, now, error,
-                                                               model, usage))
+                                                               model, usage), len(content))
 
     async def release_reply(self, message_id: str, token: str) -> None:
         await self.write(lambda db: self.replies.release(db, message_id, token))
