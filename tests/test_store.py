@@ -50,14 +50,14 @@ async def check_messages_page(store) -> None:
     assert json.loads(bytes(empty.messages)) == [] and not empty.has_more
 
 
-async def one_send(store, n: int) -> tuple[str, str]:
+async def one_send(store, n: int, document_xml: str = "<d/>") -> tuple[str, str]:
     """A send of session sid1 (made if needed): (user message id, reply id)."""
     await store.get_or_create_session("alice", "doc", "sid1", 1000)
     user = Message(id=f"u{n}", session_id="sid1", seq=2 * n + 1, role="user", content=f"q{n}",
                    status="complete", created_at=n, updated_at=n)
     reply = Message(id=f"a{n}", session_id="sid1", seq=2 * n + 2, role="assistant", content="",
                     status="pending", created_at=n, updated_at=n, reply_to=user.id)
-    await store.append_send(NewSend(user=user, reply=reply, client_message_id=None, document_xml="<d/>",
+    await store.append_send(NewSend(user=user, reply=reply, client_message_id=None, document_xml=document_xml,
                                     reply_subject="x", reply_payload=b"{}", dedup_id=f"d{n}"))
     return user.id, reply.id
 
@@ -160,15 +160,7 @@ async def test_sends_of_large_documents_commit_without_holding_the_event_loop(tm
     each commit, timers keep firing."""
     async with SqliteStore(tmp_path / "s.db") as store:
         await one_send(store, 0)
-        sends = []
-        for n in range(1, 9):
-            user = Message(id=f"u{n}", session_id="sid1", seq=2 * n + 1, role="user", content=f"q{n}",
-                           status="complete", created_at=n, updated_at=n)
-            reply = Message(id=f"a{n}", session_id="sid1", seq=2 * n + 2, role="assistant", content="",
-                            status="pending", created_at=n, updated_at=n, reply_to=user.id)
-            sends.append(NewSend(user=user, reply=reply, client_message_id=None,
-                                 document_xml=f"<doc n='{n}'>" + "x" * (2 * 1024 * 1024 - 20) + "</doc>",
-                                 reply_subject="x", reply_payload=b"{}", dedup_id=f"d{n}"))
+        documents = {n: f"<doc n='{n}'>" + "x" * (2 * 1024 * 1024 - 20) + "</doc>" for n in range(1, 9)}
         loop = asyncio.get_running_loop()
         longest, done = 0.0, False
 
@@ -181,7 +173,7 @@ async def test_sends_of_large_documents_commit_without_holding_the_event_loop(tm
 
         ticking = asyncio.create_task(ticker())
         await asyncio.sleep(0.01)
-        await asyncio.gather(*(store.append_send(send) for send in sends))
+        await asyncio.gather(*(one_send(store, n, xml) for n, xml in documents.items()))
         done = True
         await ticking
         assert (await store.load_session("sid1")).last_seq == 18

@@ -182,7 +182,7 @@ class SqliteStore(BatchedStore):
 
         With inline writes it runs right here, on the event loop, which waits for its fsync: two thread
         hops per commit cost more (about a quarter of the service's CPU at 400 sends/s). Not so a batch
-        of more than INLINE_MAX_CHARS (large documents: 8 sends of 2 MiB held the loop 120 ms), nor a
+        of more than INLINE_MAX_CHARS (large documents: 8 sends of 2 MiB held the loop about 0.1 s), nor a
         batch that would wait for a lock: SQLite never waits here, so when another process holds the
         write lock BEGIN fails at once, nothing is written, and the batch waits on the writer's thread."""
         assert self.writer_db is not None
