@@ -196,5 +196,5 @@ class SqliteStore(BatchedStore):
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
-        log.info("store_write_waits_for_lock")
+        log.debug("store_write_waits_for_lock")  # every batch while another process writes: not for info
         return await run_in_thread(self.writer_db, functools.partial(waiting_for_lock, batch))
