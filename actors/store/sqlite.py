@@ -28,7 +28,7 @@ def run_in_thread(db: aiosqlite.Connection, fn: Callable[[sqlite3.Connection], T
 
 
 BUSY_TIMEOUT_MS = 5000  # how long a write waits for another process's write lock before it fails
-INLINE_MAX_CHARS = 512 * 1024  # a batch writing more text than this (about 4 ms of the loop) commits on the writer's thread
+INLINE_MAX_CHARS = 512 * 1024  # a batch writing more text (about 4 ms of the loop) commits on the writer's thread
 
 
 def pragmas(db: sqlite3.Connection) -> None:
@@ -196,5 +196,5 @@ class SqliteStore(BatchedStore):
         except sqlite3.OperationalError as exc:
             if not is_busy(exc):
                 raise
-        log.debug("store_write_waits_for_lock")  # every batch while another process writes: not for info
+        log.debug("store_write_waits_for_lock")  # each batch that meets another process's lock
         return await run_in_thread(self.writer_db, functools.partial(waiting_for_lock, batch))
