@@ -66,17 +66,17 @@ class BatchedStore:
             batch = [await self.queue.get()]
             while len(batch) < MAX_BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
-            live = [(op, fut) for op, fut, _ in batch if not fut.cancelled()]
+            live = [(op, fut, size) for op, fut, size in batch if not fut.cancelled()]
             try:
-                results = await self.commit([op for op, _ in live], sum(size for _, _, size in batch))
+                results = await self.commit([op for op, _, _ in live], sum(size for _, _, size in live))
             except Exception as exc:  # noqa: BLE001 - every caller must hear of it
                 log.error("store_commit_failed", error=str(exc), batch=len(live))
                 failure = Unavailable("storage is unavailable, retry")
-                for _, fut in live:
+                for _, fut, _ in live:
                     if not fut.done():
                         fut.set_exception(failure)
             else:
-                for (_, fut), result in zip(live, results):
+                for (_, fut, _), result in zip(live, results):
                     if fut.done():
                         continue
                     if isinstance(result, BaseException):
