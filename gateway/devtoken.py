@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from pathlib import Path
@@ -11,6 +10,8 @@ import jwt
 import msgspec
 
 from actors.settings import Settings
+
+from .secretfile import made_once
 
 
 def mint(secret: str, sub: str, ttl_seconds: float = 3600.0, *, issuer: str = "", audience: str = "",
@@ -39,10 +40,5 @@ def with_dev_secret(settings: Settings) -> Settings:
     """Settings with a dev HS256 secret (made once in data_dir) when no JWT key is configured."""
     if settings.jwt_secret or settings.jwt_public_key:
         return settings
-    path = Path(settings.data_dir) / DEV_SECRET_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
-    return msgspec.structs.replace(settings, jwt_secret=path.read_text().strip())
+    secret = made_once(Path(settings.data_dir) / DEV_SECRET_FILE, lambda: secrets.token_urlsafe(32))
+    return msgspec.structs.replace(settings, jwt_secret=secret)

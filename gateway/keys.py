@@ -6,19 +6,15 @@ kept in the data directory (mode 0600). nats.conf needs their public halves: `se
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import structlog
 
 from actors.settings import Settings
 
 from .natsjwt import NkeySigner
 from .nkeycodec import ACCOUNT
+from .secretfile import made_once
 from .xkeys import XKey
-
-log = structlog.get_logger("gateway")
 
 SEED_FILE = "callout.nk"
 XKEY_FILE = "callout.xk"
@@ -37,26 +33,11 @@ class CalloutKeys:
         return cls(NkeySigner.create(ACCOUNT), XKey.create())
 
 
-def _load_or_create(path: Path, make: "type[NkeySigner] | type[XKey]") -> str:
-    if path.exists():
-        return path.read_text().strip()
-    seed = make.create().seed
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write-then-rename so a crash never leaves a half-written seed; 0600: it is a secret.
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(seed + "\n")
-    os.replace(tmp, path)
-    log.info("callout_key_created", path=str(path))
-    return seed
-
-
 def load_keys(settings: Settings) -> CalloutKeys:
     """The keys from settings, else from (or newly made in) settings.data_dir."""
     data = Path(settings.data_dir)
-    seed = settings.callout_seed or _load_or_create(data / SEED_FILE, NkeySigner)
-    xseed = settings.callout_xkey_seed or _load_or_create(data / XKEY_FILE, XKey)
+    seed = settings.callout_seed or made_once(data / SEED_FILE, lambda: NkeySigner.create(ACCOUNT).seed)
+    xseed = settings.callout_xkey_seed or made_once(data / XKEY_FILE, lambda: XKey.create().seed)
     return CalloutKeys(NkeySigner(seed, ACCOUNT), XKey(xseed))
 
 

@@ -8,7 +8,10 @@ import hmac
 import json
 import os
 import stat
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import jwt
 import pytest
@@ -24,6 +27,8 @@ from gateway.keys import CalloutKeys, load_keys, server_env
 from gateway.nkeycodec import ACCOUNT, SERVER, USER, NkeyError, decode_public, encode_public
 from gateway.tokens import TokenError, TokenVerifier
 from gateway.xkeys import XKey, XKeyError
+
+ROOT = Path(__file__).resolve().parent.parent
 
 SECRET = "test-secret-long-enough-for-hs256-and-for-hs512-too-0123456789abcdef"
 
@@ -212,3 +217,22 @@ def test_keys_from_settings_win_over_files(tmp_path):
     got = load_keys(settings)
     assert got.signer.public_key == made.signer.public_key and got.xkey.public_key == made.xkey.public_key
     assert not list(tmp_path.iterdir())
+
+
+def test_processes_starting_together_on_a_fresh_data_dir_share_one_dev_secret_and_callout_keys(tmp_path):
+    """Each process makes the secrets if they are missing; those starting at the same moment (two
+    `docchat assistant`s, hosts of a cluster) must all end up with the same ones, and none may fail."""
+    script = ("import sys, time; from actors.settings import Settings; from gateway.devtoken import with_dev_secret;"
+              " from gateway.keys import load_keys; s = Settings(data_dir=sys.argv[1]);"
+              " time.sleep(max(0.0, float(sys.argv[2]) - time.time()));"  # all start at the same moment
+              " print(with_dev_secret(s).jwt_secret, *(k.public_key for k in vars(load_keys(s)).values()))")
+    for attempt in range(3):
+        data, at = tmp_path / f"data{attempt}", time.time() + 2.5
+        procs = [subprocess.Popen([sys.executable, "-c", script, str(data), str(at)], cwd=ROOT,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(12)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        assert [p.returncode for p in procs] == [0] * 12, [err for _, err in outs if err]
+        seen = {out.strip().splitlines()[-1] for out, _ in outs}  # the last line: after any log lines
+        assert len(seen) == 1 and all(len(part) > 20 for part in seen.pop().split())
+        assert sorted(p.name for p in data.iterdir()) == ["callout.nk", "callout.xk", "dev-jwt-secret"]
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in data.iterdir())
