@@ -189,12 +189,11 @@ class SqliteStore(BatchedStore):
         batch = functools.partial(apply_batch, ops=ops)
         if not self.inline_writes:
             return await run_in_thread(self.writer_db, batch)
-        if size > INLINE_MAX_CHARS:
-            return await run_in_thread(self.writer_db, functools.partial(waiting_for_lock, batch))
-        try:
-            return batch(self.writer_db._conn)  # noqa: SLF001 - same connection, its thread idle
-        except sqlite3.OperationalError as exc:
-            if not is_busy(exc):
-                raise
-        log.debug("store_write_waits_for_lock")  # each batch that meets another process's lock
+        if size <= INLINE_MAX_CHARS:
+            try:
+                return batch(self.writer_db._conn)  # noqa: SLF001 - same connection, its thread idle
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc):
+                    raise
+            log.debug("store_write_waits_for_lock")  # each batch that meets another process's lock
         return await run_in_thread(self.writer_db, functools.partial(waiting_for_lock, batch))
